@@ -1,0 +1,254 @@
+"""Encoder and decoder networks.
+
+Every encoder maps a batch ``x`` of shape ``(B, *obs_shape)`` to ``(loc, scale)`` of a diagonal Gaussian
+q(z|x), both of shape ``(B, D)``. Every decoder maps latents of shape ``(*batch, D)`` (any number of leading
+dimensions, so vectorised particles of shape ``(K, B, D)`` work) to the likelihood's parameters of shape
+``(*batch, *obs_shape)``.
+
+Three families, as in Mathieu et al. (2019):
+
+* :class:`MLPEncoder` / :class:`MLPDecoder` for vectors (pinwheel: one hidden layer of 100 ReLU units);
+* :class:`ConvEncoder64` / :class:`ConvDecoder64` for ``1x64x64`` images (dSprites): four 4x4 stride-2
+  convolutions with 32, 32, 64, 64 channels, a 128-unit linear layer and two heads; the decoder mirrors it;
+* :class:`DCGANEncoder32` / :class:`DCGANDecoder32` for ``1x32x32`` images (Fashion-MNIST), with batch norm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Shape = Union[int, Sequence[int]]
+
+__all__ = [
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder64",
+    "ConvDecoder64",
+    "DCGANEncoder32",
+    "DCGANDecoder32",
+    "positive_scale",
+]
+
+MIN_SCALE = 1e-4
+
+
+def positive_scale(raw: torch.Tensor) -> torch.Tensor:
+    """Map an unconstrained tensor to a strictly positive scale: ``softplus(raw) + 1e-4``."""
+    return F.softplus(raw) + MIN_SCALE
+
+
+def _as_shape(shape: Shape) -> Tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"expected a positive size or shape, got {shape}")
+    return shape
+
+
+def _check_dim(name: str, value: int) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_input(net: nn.Module, x: torch.Tensor, shape: Tuple[int, ...]) -> None:
+    if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"{type(net).__name__} expects input of shape (batch, {', '.join(map(str, shape))}), "
+            f"got {tuple(x.shape)}"
+        )
+
+
+def _check_latent(net: nn.Module, z: torch.Tensor, latent_dim: int) -> None:
+    if z.dim() < 1 or z.shape[-1] != latent_dim:
+        raise ValueError(
+            f"{type(net).__name__} expects latents of shape (..., {latent_dim}), got {tuple(z.shape)}"
+        )
+
+
+def _mlp(sizes: Sequence[int], activation: type) -> nn.Sequential:
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """Fully connected encoder ``x (B, *in_shape) -> (loc, scale)``, each ``(B, latent_dim)``.
+
+    :param in_shape: shape of one observation (an int for vectors).
+    :param latent_dim: D, the number of latent dimensions.
+    :param hidden: sizes of the hidden layers (default one layer of 100 units, as for pinwheel).
+    :param activation: activation module class between layers.
+    """
+
+    def __init__(
+        self, in_shape: Shape, latent_dim: int, hidden: Sequence[int] = (100,), activation: type = nn.ReLU
+    ):
+        super().__init__()
+        self.in_shape = _as_shape(in_shape)
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        sizes = [math.prod(self.in_shape), *[_check_dim("hidden size", h) for h in hidden]]
+        self.body = nn.Sequential(_mlp(sizes, activation), activation()) if hidden else nn.Identity()
+        self.head = nn.Linear(sizes[-1], 2 * self.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_input(self, x, self.in_shape)
+        h = self.head(self.body(x.reshape(x.shape[0], -1)))
+        loc, raw = h.split(self.latent_dim, dim=-1)
+        return loc, positive_scale(raw)
+
+
+class MLPDecoder(nn.Module):
+    """Fully connected decoder ``z (..., latent_dim) -> params (..., *out_shape)``.
+
+    The output is unconstrained: a location for ``"normal"``/``"laplace"`` likelihoods or logits for
+    ``"bernoulli"``.
+    """
+
+    def __init__(
+        self, latent_dim: int, out_shape: Shape, hidden: Sequence[int] = (100,), activation: type = nn.ReLU
+    ):
+        super().__init__()
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        self.out_shape = _as_shape(out_shape)
+        sizes = [self.latent_dim, *[_check_dim("hidden size", h) for h in hidden], math.prod(self.out_shape)]
+        self.net = _mlp(sizes, activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_latent(self, z, self.latent_dim)
+        return self.net(z).reshape(*z.shape[:-1], *self.out_shape)
+
+
+class ConvEncoder64(nn.Module):
+    """Convolutional encoder for ``(B, 1, 64, 64)`` images (dSprites).
+
+    Four 4x4 stride-2 convolutions (32, 32, 64, 64 channels, ReLU) to ``64x4x4``, a 128-unit linear layer,
+    and two linear heads for the location and the scale of q(z|x).
+    """
+
+    in_shape = (1, 64, 64)
+
+    def __init__(self, latent_dim: int, channels: Sequence[int] = (32, 32, 64, 64), hidden: int = 128):
+        super().__init__()
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        chans = [1, *channels]
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.Linear(chans[-1] * 4 * 4, hidden), nn.ReLU())
+        self.loc = nn.Linear(hidden, self.latent_dim)
+        self.raw_scale = nn.Linear(hidden, self.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_input(self, x, self.in_shape)
+        h = self.fc(self.conv(x).flatten(1))
+        return self.loc(h), positive_scale(self.raw_scale(h))
+
+
+class ConvDecoder64(nn.Module):
+    """Mirror of :class:`ConvEncoder64`: ``z (..., D) -> logits (..., 1, 64, 64)``."""
+
+    out_shape = (1, 64, 64)
+
+    def __init__(self, latent_dim: int, channels: Sequence[int] = (64, 64, 32, 32), hidden: int = 128):
+        super().__init__()
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        self.first = channels[0]
+        self.fc = nn.Sequential(
+            nn.Linear(self.latent_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, channels[0] * 4 * 4),
+            nn.ReLU(),
+        )
+        chans = [*channels, 1]
+        layers = []
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
+            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1))
+            if i < len(chans) - 2:
+                layers.append(nn.ReLU())
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_latent(self, z, self.latent_dim)
+        lead = z.shape[:-1]
+        h = self.fc(z.reshape(-1, self.latent_dim)).reshape(-1, self.first, 4, 4)
+        return self.deconv(h).reshape(*lead, *self.out_shape)
+
+
+class DCGANEncoder32(nn.Module):
+    """DCGAN-style encoder for ``(B, 1, 32, 32)`` images (Fashion-MNIST), with batch norm.
+
+    Conv 4x4 stride 2 to ``w x16x16`` (LeakyReLU), ``2w x8x8`` and ``4w x4x4`` (batch norm, LeakyReLU), then a
+    4x4 valid convolution to ``2D`` channels split into location and scale.
+    """
+
+    in_shape = (1, 32, 32)
+
+    def __init__(self, latent_dim: int, width: int = 32):
+        super().__init__()
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        w = _check_dim("width", width)
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1),
+            nn.BatchNorm2d(2 * w),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1),
+            nn.BatchNorm2d(4 * w),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * w, 2 * self.latent_dim, 4, 1, 0),
+        )
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_input(self, x, self.in_shape)
+        loc, raw = self.net(x).flatten(1).split(self.latent_dim, dim=-1)
+        return loc, positive_scale(raw)
+
+
+class DCGANDecoder32(nn.Module):
+    """DCGAN-style decoder ``z (..., D) -> (..., 1, 32, 32)`` with batch norm.
+
+    :param output: ``"sigmoid"`` (default) returns means in (0, 1) for a Laplace or Normal likelihood on grey
+        images; ``"logits"`` returns unconstrained values (for a Bernoulli likelihood).
+    """
+
+    out_shape = (1, 32, 32)
+
+    def __init__(self, latent_dim: int, width: int = 32, output: str = "sigmoid"):
+        super().__init__()
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        if output not in ("sigmoid", "logits"):
+            raise ValueError(f"output must be 'sigmoid' or 'logits', got {output!r}")
+        self.output = output
+        w = _check_dim("width", width)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(self.latent_dim, 4 * w, 4, 1, 0),
+            nn.BatchNorm2d(4 * w),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.ConvTranspose2d(w, 1, 4, 2, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_latent(self, z, self.latent_dim)
+        lead = z.shape[:-1]
+        h = self.net(z.reshape(-1, self.latent_dim, 1, 1))
+        if self.output == "sigmoid":
+            h = torch.sigmoid(h)
+        return h.reshape(*lead, *self.out_shape)

@@ -1,0 +1,229 @@
+"""The decomposition VAE: a Pyro ``model``/``guide`` pair with a swappable prior.
+
+Generative model (Mathieu et al., 2019, §2), for a minibatch of B points out of N::
+
+    z_n ~ p(z)                  (any distribution with event shape (D,))
+    x_n ~ p(x | z_n) = Lik(decoder(z_n))
+
+Inference model: q(z_n | x_n) = N(loc(x_n), diag scale(x_n)^2) from the encoder.
+
+Both live inside ``pyro.plate("data", N, subsample=arange(B), dim=-1)``, so Pyro scales every
+log-probability of the batch by N / B and the ELBO estimates the sum over the whole data set.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+from torch import nn
+
+__all__ = ["DecompVAE", "LIKELIHOODS"]
+
+LIKELIHOODS = ("bernoulli", "laplace", "normal")
+
+PriorLike = Union[dist.Distribution, Callable[[], dist.Distribution]]
+
+
+def _event_size(d: dist.Distribution, what: str) -> int:
+    if len(d.event_shape) != 1:
+        raise ValueError(
+            f"{what} must have event_shape (D,), got event_shape {tuple(d.event_shape)}; "
+            "use .to_event(1) on a batch of univariate distributions"
+        )
+    return int(d.event_shape[0])
+
+
+class DecompVAE(PyroModule):
+    """A VAE whose prior p(z) is any Pyro distribution with ``event_shape == (D,)``.
+
+    :param encoder: ``nn.Module``, ``x (B, *obs) -> (loc, scale)`` each ``(B, D)``.
+    :param decoder: ``nn.Module``, ``z (..., D) -> params (..., *obs)``: logits for ``"bernoulli"``, a
+        location for ``"laplace"`` and ``"normal"``.
+    :param prior: a distribution with ``event_shape == (D,)`` and ``batch_shape == ()``, or a module (or any
+        callable) that returns one when called -- learnable priors are modules.
+    :param likelihood: ``"bernoulli"``, ``"laplace"`` (fixed scale ``likelihood_scale``), ``"normal"`` (a
+        learnt scale, initialised at ``likelihood_scale``), or a callable ``params -> Distribution`` over one
+        observation (batch dims are those of ``params`` minus the observation dims).
+    :param likelihood_scale: the Laplace scale (default 0.1) or the Normal scale's initial value.
+    :param latent_dim: D; inferred from the prior when omitted. A mismatch with the prior is an error.
+    :param obs_shape: shape of one observation; with ``"normal"`` the learnt scale has this shape (one scale
+        per observed coordinate), otherwise a single scale is shared.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: PriorLike,
+        likelihood: Union[str, Callable[[torch.Tensor], dist.Distribution]] = "normal",
+        likelihood_scale: float = 0.1,
+        latent_dim: Optional[int] = None,
+        obs_shape=None,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        if isinstance(prior, dist.Distribution):
+            self._prior_dist = prior
+            self.prior = None
+        elif callable(prior):
+            self._prior_dist = None
+            self.prior = prior
+        else:
+            raise TypeError(
+                f"prior must be a pyro Distribution or a module returning one, got {type(prior).__name__}"
+            )
+        prior_dim = _event_size(self.prior_distribution(), "the prior")
+        if self.prior_distribution().batch_shape != torch.Size():
+            raise ValueError(
+                f"the prior must have batch_shape (), got {tuple(self.prior_distribution().batch_shape)}"
+            )
+        enc_dim = getattr(encoder, "latent_dim", None)
+        if enc_dim is not None and enc_dim != prior_dim:
+            raise ValueError(
+                f"the encoder has latent_dim {enc_dim} but the prior has event_shape ({prior_dim},)"
+            )
+        if latent_dim is not None and latent_dim != prior_dim:
+            raise ValueError(f"latent_dim={latent_dim} but the prior has event_shape ({prior_dim},)")
+        self.latent_dim = prior_dim
+
+        if not (isinstance(likelihood_scale, (int, float)) and likelihood_scale > 0):
+            raise ValueError(f"likelihood_scale must be a positive number, got {likelihood_scale!r}")
+        self.likelihood_scale = float(likelihood_scale)
+        if isinstance(likelihood, str):
+            if likelihood not in LIKELIHOODS:
+                raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}")
+            self.likelihood_name = likelihood
+            self._likelihood_fn = None
+        elif callable(likelihood):
+            self.likelihood_name = "custom"
+            self._likelihood_fn = likelihood
+        else:
+            raise TypeError(f"likelihood must be a name or a callable, got {type(likelihood).__name__}")
+        if self.likelihood_name == "normal":
+            shape = () if obs_shape is None else tuple(obs_shape)
+            init = torch.full(shape, self.likelihood_scale).log()
+            self.log_obs_scale = nn.Parameter(init)
+
+    # ------------------------------------------------------------------ distributions
+    def prior_distribution(self) -> dist.Distribution:
+        """The prior p(z) as a distribution with ``event_shape == (D,)``."""
+        return self._prior_dist if self.prior is None else self.prior()
+
+    def likelihood(self, params: torch.Tensor, obs_dims: int) -> dist.Distribution:
+        """p(x|z) given decoder output ``params`` of shape ``(*batch, *obs)`` with ``obs_dims`` dims."""
+        name = self.likelihood_name
+        if name == "bernoulli":
+            d = dist.Bernoulli(logits=params, validate_args=False)
+        elif name == "laplace":
+            d = dist.Laplace(
+                params, torch.as_tensor(self.likelihood_scale, dtype=params.dtype, device=params.device)
+            )
+        elif name == "normal":
+            d = dist.Normal(params, self.log_obs_scale.exp())
+        else:
+            d = self._likelihood_fn(params)
+        missing = obs_dims - d.event_dim
+        if missing < 0:
+            raise ValueError(
+                f"the likelihood has event_dim {d.event_dim}, more than the {obs_dims} observation dims"
+            )
+        return d.to_event(missing) if missing else d
+
+    def encoder_distribution(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z|x): a diagonal Normal with batch shape ``(B,)`` and event shape ``(D,)``."""
+        loc, scale = self.encoder(x)
+        if loc.shape != (x.shape[0], self.latent_dim) or scale.shape != loc.shape:
+            raise ValueError(
+                f"the encoder must return (loc, scale) of shape ({x.shape[0]}, {self.latent_dim}), "
+                f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
+        return dist.Normal(loc, scale).to_event(1)
+
+    # ------------------------------------------------------------------ model and guide
+    def _check_batch(self, x: torch.Tensor, dataset_size: Optional[int]) -> int:
+        if not torch.is_tensor(x) or x.dim() < 2:
+            raise ValueError(
+                "x must be a tensor of shape (batch, *obs_shape) with at least 2 dims, got "
+                f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
+            )
+        batch = x.shape[0]
+        if dataset_size is None:
+            return batch
+        if int(dataset_size) != dataset_size or dataset_size < batch:
+            raise ValueError(
+                f"dataset_size must be an integer >= the batch size {batch}, got {dataset_size!r}"
+            )
+        return int(dataset_size)
+
+    @pyro_method
+    def model(self, x: torch.Tensor, dataset_size: Optional[int] = None) -> torch.Tensor:
+        """p(x, z) on a minibatch; site ``"z"`` (latent) and ``"x"`` (observed) in plate ``"data"``."""
+        n = self._check_batch(x, dataset_size)
+        prior = self.prior_distribution()
+        with pyro.plate("data", n, subsample=torch.arange(x.shape[0], device=x.device), dim=-1):
+            z = pyro.sample("z", prior)
+            params = self.decoder(z)
+            pyro.sample("x", self.likelihood(params, x.dim() - 1), obs=x)
+        return z
+
+    @pyro_method
+    def guide(self, x: torch.Tensor, dataset_size: Optional[int] = None) -> torch.Tensor:
+        """q(z|x) on a minibatch; site ``"z"`` in plate ``"data"``."""
+        n = self._check_batch(x, dataset_size)
+        with pyro.plate("data", n, subsample=torch.arange(x.shape[0], device=x.device), dim=-1):
+            return pyro.sample("z", self.encoder_distribution(x))
+
+    # ------------------------------------------------------------------ conveniences
+    def _mean(self, params: torch.Tensor) -> torch.Tensor:
+        if self.likelihood_name == "bernoulli":
+            return torch.sigmoid(params)
+        if self.likelihood_name == "custom":
+            return self.likelihood(params, params.dim()).mean
+        return params
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple:
+        """``(loc, scale)`` of q(z|x), each ``(B, D)``."""
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x|z) for latents ``(..., D)``: probabilities for Bernoulli, locations otherwise."""
+        return self._mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the encoder's mean: ``decode(encode(x)[0])``, same shape as ``x``."""
+        return self.decode(self.encoder(x)[0])
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n`` draws of the decoded mean E[x|z], z ~ p(z); shape ``(n, *obs)``."""
+        if int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if generator is not None:
+            with _fork_rng(generator):
+                z = self.prior_distribution().sample((int(n),))
+        else:
+            z = self.prior_distribution().sample((int(n),))
+        return self.decode(z)
+
+
+class _fork_rng:
+    """Draw from the global RNG seeded by ``generator`` without disturbing the global state."""
+
+    def __init__(self, generator: torch.Generator):
+        self.seed = int(torch.randint(0, 2**62, (), generator=generator))
+
+    def __enter__(self):
+        self._ctx = torch.random.fork_rng(devices=[])
+        self._ctx.__enter__()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

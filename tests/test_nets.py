@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from pyro_decomp.nets import (
+    ConvDecoder64,
+    ConvEncoder64,
+    DCGANDecoder32,
+    DCGANEncoder32,
+    MLPDecoder,
+    MLPEncoder,
+)
+
+CASES = [
+    (MLPEncoder(3, 5, hidden=(7, 11)), MLPDecoder(5, 3, hidden=(11,)), (3,)),
+    (MLPEncoder((2, 4), 5), MLPDecoder(5, (2, 4)), (2, 4)),
+    (ConvEncoder64(6), ConvDecoder64(6), (1, 64, 64)),
+    (DCGANEncoder32(6, width=8), DCGANDecoder32(6, width=8), (1, 32, 32)),
+]
+
+
+@pytest.mark.parametrize("enc,dec,obs", CASES)
+def test_shapes_and_positive_scale(enc, dec, obs):
+    x = torch.rand(4, *obs)
+    loc, scale = enc(x)
+    d = enc.latent_dim
+    assert loc.shape == (4, d) and scale.shape == (4, d)
+    assert (scale > 0).all()
+    assert dec(loc).shape == (4, *obs)
+    # leading particle dimensions pass through the decoder
+    assert dec(torch.randn(3, 4, d)).shape == (3, 4, *obs)
+
+
+def test_conv64_architecture_is_the_papers():
+    enc = ConvEncoder64(10)
+    convs = [m for m in enc.conv if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
+    assert enc.fc[0].out_features == 128
+
+
+def test_dcgan_decoder_outputs_means_in_unit_interval():
+    dec = DCGANDecoder32(4, width=8)
+    out = dec(torch.randn(16, 4) * 10)
+    assert ((out > 0) & (out < 1)).all()
+
+
+@pytest.mark.parametrize(
+    "net,bad,msg",
+    [
+        (ConvEncoder64(4), torch.rand(2, 1, 32, 32), r"\(batch, 1, 64, 64\).*\(2, 1, 32, 32\)"),
+        (DCGANEncoder32(4, width=8), torch.rand(2, 32, 32), r"\(batch, 1, 32, 32\)"),
+        (MLPEncoder(3, 2), torch.rand(2, 4), r"\(batch, 3\).*\(2, 4\)"),
+        (MLPDecoder(2, 3), torch.rand(5, 3), r"latents of shape \(\.\.\., 2\).*\(5, 3\)"),
+    ],
+)
+def test_bad_shapes_raise_clear_errors(net, bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        net(bad)
+
+
+def test_bad_sizes_rejected():
+    with pytest.raises(ValueError, match="latent_dim must be a positive integer, got 0"):
+        MLPEncoder(3, 0)
+    with pytest.raises(ValueError, match="output must be"):
+        DCGANDecoder32(3, output="tanh")

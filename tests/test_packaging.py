@@ -1,0 +1,38 @@
+"""The README's quick start, the CI script and the lint configuration agree with the code."""
+
+import configparser
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import pyro_decomp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"^TEST_COMMAND='(.*)'$", ci, re.M).group(1)
+    assert command in readme
+
+
+def test_version_and_entry_point():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert "pyro-decomp = pyro_decomp.cli:main" in cfg["options.entry_points"]["console_scripts"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pyro_decomp.__version__)
+    for dep in ("pyro-ppl", "torch", "torchvision", "numpy", "matplotlib"):
+        assert dep in cfg["options"]["install_requires"]
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None and not (pathlib.Path(sys.executable).parent / "ruff").exists(),
+                    reason="ruff is not installed (it comes with the test extra)")
+def test_code_passes_ruff():
+    ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
+    result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,169 @@
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from pyro_decomp import DecompVAE
+from pyro_decomp.data import pinwheel
+from pyro_decomp.nets import ConvDecoder64, ConvEncoder64, MLPDecoder, MLPEncoder
+
+
+def std_normal(d):
+    return dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1)
+
+
+def make_vae(prior=None, likelihood="normal", d=2):
+    prior = std_normal(d) if prior is None else prior
+    return DecompVAE(MLPEncoder(2, d), MLPDecoder(d, 2), prior, likelihood=likelihood)
+
+
+def traces(vae, x, **kw):
+    guide_tr = poutine.trace(vae.guide).get_trace(x, **kw)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x, **kw)
+    return model_tr, guide_tr
+
+
+@pytest.mark.parametrize("dataset_size", [None, 40, 1000])
+def test_sites_shapes_and_plate_scale(dataset_size):
+    vae = make_vae(d=3)
+    x = torch.randn(8, 2)
+    model_tr, guide_tr = traces(vae, x, dataset_size=dataset_size)
+    n = 8 if dataset_size is None else dataset_size
+    for tr in (model_tr, guide_tr):
+        z = tr.nodes["z"]
+        assert z["value"].shape == (8, 3)
+        assert z["fn"].batch_shape == (8,) and z["fn"].event_shape == (3,)
+        assert z["scale"] == pytest.approx(n / 8)
+        frame = z["cond_indep_stack"][0]
+        assert frame.name == "data" and frame.full_size == n and frame.size == 8 and frame.dim == -1
+    xs = model_tr.nodes["x"]
+    assert xs["is_observed"] and xs["fn"].event_shape == (2,) and xs["fn"].batch_shape == (8,)
+    assert xs["scale"] == pytest.approx(n / 8)
+    # the trace's log joint is the N/B-scaled sum of the batch's log-probabilities
+    model_tr.compute_log_prob()
+    zs = model_tr.nodes["z"]
+    expected = (n / 8) * vae.prior_distribution().log_prob(zs["value"]).sum()
+    assert torch.allclose(model_tr.log_prob_sum(lambda name, site: name == "z"), expected)
+
+
+def test_image_observation_event_dims_are_all_after_batch():
+    vae = DecompVAE(ConvEncoder64(4), ConvDecoder64(4), std_normal(4), likelihood="bernoulli")
+    x = (torch.rand(3, 1, 64, 64) > 0.5).float()
+    model_tr, _ = traces(vae, x)
+    fn = model_tr.nodes["x"]["fn"]
+    assert fn.batch_shape == (3,) and fn.event_shape == (1, 64, 64)
+
+
+def test_laplace_likelihood_has_fixed_scale():
+    vae = DecompVAE(MLPEncoder(5, 2), MLPDecoder(2, 5), std_normal(2), likelihood="laplace")
+    model_tr, _ = traces(vae, torch.rand(4, 5))
+    fn = model_tr.nodes["x"]["fn"].base_dist
+    assert torch.allclose(fn.scale, torch.tensor(0.1))
+    assert not any("scale" in name for name, _ in vae.named_parameters())
+
+
+def test_normal_likelihood_scale_is_learnt():
+    vae = make_vae()
+    x, _ = pinwheel(num_per_class=20, seed=1)
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-2}), Trace_ELBO())
+    before = vae.log_obs_scale.item()
+    for _ in range(5):
+        svi.step(x)
+    assert vae.log_obs_scale.item() != before
+
+
+def test_short_svi_run_lowers_the_loss():
+    x, _ = pinwheel(num_per_class=50, seed=3)
+    locs = torch.tensor([[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]])
+    prior = dist.MixtureSameFamily(dist.Categorical(torch.ones(4)), dist.Normal(locs, 0.03**0.5).to_event(1))
+    vae = make_vae(prior)
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 3e-3}), Trace_ELBO(num_particles=4))
+    losses = [svi.step(x) for _ in range(300)]
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    # the loss falls by far more than its step-to-step Monte Carlo noise
+    noise = torch.tensor(losses[-20:]).std().item()
+    assert last < first - 5 * noise, (first, last, noise)
+
+
+def test_user_written_prior_works():
+    d = 3
+    prior = dist.Laplace(0.0, 1.0).expand([d]).to_event(1)
+    vae = DecompVAE(MLPEncoder(2, d), MLPDecoder(d, 2), prior)
+    x, _ = pinwheel(num_per_class=10)
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    for _ in range(3):
+        assert torch.isfinite(torch.tensor(svi.step(x)))
+    assert vae.sample(7).shape == (7, 2)
+
+
+def test_learnable_prior_module_gets_gradients():
+    class LearntScale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.log_scale = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self):
+            return dist.Normal(torch.zeros(2), self.log_scale.exp()).to_event(1)
+
+    prior = LearntScale()
+    vae = make_vae(prior)
+    x, _ = pinwheel(num_per_class=10)
+    loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    loss.backward()
+    assert prior.log_scale.grad is not None and prior.log_scale.grad.abs().sum() > 0
+
+
+def test_mismatched_dimension_names_both_numbers():
+    with pytest.raises(ValueError, match=r"latent_dim 2 but the prior has event_shape \(3,\)"):
+        DecompVAE(MLPEncoder(2, 2), MLPDecoder(2, 2), std_normal(3))
+
+
+@pytest.mark.parametrize(
+    "prior,msg",
+    [
+        (dist.Normal(0.0, 1.0), r"event_shape \(D,\), got event_shape \(\)"),
+        (dist.Normal(torch.zeros(4, 2), 1.0).to_event(1), r"batch_shape \(\), got \(4,\)"),
+        ("gaussian", "prior must be a pyro Distribution"),
+    ],
+)
+def test_bad_priors_rejected(prior, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        DecompVAE(MLPEncoder(2, 2), MLPDecoder(2, 2), prior)
+
+
+def test_bad_inputs_rejected():
+    vae = make_vae()
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        vae.model(torch.randn(5))
+    with pytest.raises(ValueError, match=r"dataset_size must be an integer >= the batch size 5, got 3"):
+        vae.guide(torch.randn(5, 2), dataset_size=3)
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        make_vae(likelihood="poisson")
+
+
+def test_custom_likelihood_callable():
+    vae = make_vae(likelihood=lambda loc: dist.StudentT(4.0, loc, 0.5))
+    model_tr, _ = traces(vae, torch.randn(6, 2))
+    assert model_tr.nodes["x"]["fn"].event_shape == (2,)
+
+
+def test_encode_decode_reconstruct_sample():
+    vae = DecompVAE(ConvEncoder64(4), ConvDecoder64(4), std_normal(4), likelihood="bernoulli")
+    x = torch.rand(3, 1, 64, 64)
+    loc, scale = vae.encode(x)
+    assert loc.shape == scale.shape == (3, 4)
+    r = vae.reconstruct(x)
+    assert r.shape == x.shape and ((r >= 0) & (r <= 1)).all()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(vae.sample(2, generator=g1), vae.sample(2, generator=g2))
+
+
+def test_vectorised_particles_shape():
+    vae = make_vae(d=3)
+    elbo = Trace_ELBO(num_particles=5, vectorize_particles=True, max_plate_nesting=1)
+    loss = elbo.differentiable_loss(vae.model, vae.guide, torch.randn(6, 2))
+    assert torch.isfinite(loss)
+    pyro.clear_param_store()
