@@ -30,8 +30,10 @@ def test_version_and_entry_point():
         assert dep in cfg["options"]["install_requires"]
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None and not (pathlib.Path(sys.executable).parent / "ruff").exists(),
-                    reason="ruff is not installed (it comes with the test extra)")
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (pathlib.Path(sys.executable).parent / "ruff").exists(),
+    reason="ruff is not installed (it comes with the test extra)",
+)
 def test_code_passes_ruff():
     ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
