@@ -1,5 +1,22 @@
 """Data sets: pinwheel, procedural shapes on the dSprites grid, dSprites, Fashion-MNIST."""
 
+from pyro_decomp.data.dsprites import DSPRITES_FILENAME, DSPRITES_URL, DSprites
+from pyro_decomp.data.fashion_mnist import FashionMNIST32, fashion_mnist
+from pyro_decomp.data.ground_truth import GroundTruthData, PackedImages, default_data_dir
 from pyro_decomp.data.pinwheel import PinwheelDataset, pinwheel
+from pyro_decomp.data.shapes import SHAPE_NAMES, Shapes
 
-__all__ = ["pinwheel", "PinwheelDataset"]
+__all__ = [
+    "pinwheel",
+    "PinwheelDataset",
+    "GroundTruthData",
+    "PackedImages",
+    "Shapes",
+    "SHAPE_NAMES",
+    "DSprites",
+    "DSPRITES_FILENAME",
+    "DSPRITES_URL",
+    "fashion_mnist",
+    "FashionMNIST32",
+    "default_data_dir",
+]

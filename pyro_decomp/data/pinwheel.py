@@ -21,7 +21,10 @@ def pinwheel(
     """Draw a pinwheel: ``num_classes`` curved arms of ``num_per_class`` points each.
 
     For a point of arm k: u ~ N(1, tangential_std²) (the coordinate along the arm), v ~ N(0, radial_std²)
-    (across it), θ = 2πk/num_classes + rate·exp(u), and the point is the rotation of (u, v) by θ.
+    (across it), θ = 2πk/num_classes + rate·exp(u), and the point is the row vector (u, v) times the rotation
+    matrix [[cos θ, −sin θ], [sin θ, cos θ]], i.e. (u, v) turned by −θ, as in Adams' generator (the one the
+    paper's ``pinwheel(0.1, 0.3, 4, 100, 0.25)`` call used), so that the point's angle is
+    atan2(v, u) − θ: arm k starts near angle −2πk/num_classes and curls clockwise.
 
     :returns: ``(points, labels)``: float32 ``(N, 2)`` and int64 ``(N,)``, N = num_classes·num_per_class,
         ordered by arm.
@@ -40,7 +43,7 @@ def pinwheel(
     v = radial_std * noise[:, 1]
     theta = 2 * math.pi * labels.double() / num_classes + rate * torch.exp(u)
     c, s = torch.cos(theta), torch.sin(theta)
-    points = torch.stack([c * u - s * v, s * u + c * v], dim=-1)
+    points = torch.stack([c * u + s * v, c * v - s * u], dim=-1)
     return points.float(), labels
 
 
