@@ -1,0 +1,486 @@
+"""Figures that show a decomposition: reconstructions, samples, traversals, q(z) against p(z), sparsity,
+training curves and sweeps (the figures of Mathieu et al., 2019).
+
+Every function takes data (tensors or arrays) and a ``path``, writes one PNG there (creating its folder) and
+returns ``path``. Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
+``FigureCanvasAgg``), never through ``pyplot``: they need no display, leave the user's backend and pyplot's
+figure registry untouched, and are freed as soon as the function returns. The PNG is exactly
+``round(figsize[0] * dpi) x round(figsize[1] * dpi)`` pixels (no tight bounding box); each function states
+its default ``figsize``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "latent_traversal",
+    "plot_aggregate_posterior",
+    "plot_disentanglement_vs_reconstruction",
+    "plot_latent_magnitude",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_training_curves",
+    "plot_traversals",
+]
+
+PathLike = Union[str, os.PathLike]
+FigSize = Optional[Tuple[float, float]]
+
+#: inches per image in the image grids
+CELL = 0.8
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _numpy(x, name: str) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().cpu()
+        x = x.float() if x.is_floating_point() else x
+        return x.numpy()
+    try:
+        return np.asarray(x)
+    except Exception as e:
+        raise ValueError(f"{name} must be a tensor or an array, got {type(x).__name__}") from e
+
+
+def _figure(figsize: Tuple[float, float], dpi: float) -> Figure:
+    if not (len(figsize) == 2 and all(s > 0 for s in figsize)):
+        raise ValueError(f"figsize must be two positive numbers (inches), got {figsize!r}")
+    if not dpi > 0:
+        raise ValueError(f"dpi must be positive, got {dpi!r}")
+    fig = Figure(figsize=tuple(float(s) for s in figsize), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike) -> PathLike:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=fig.dpi)
+    fig.clear()
+    return path
+
+
+def _as_images(x, name: str) -> np.ndarray:
+    """``(n, H, W)``, ``(n, 1, H, W)`` or ``(n, 3, H, W)`` in [0, 1] -> ``(n, H, W, C)`` clipped to [0, 1]."""
+    a = _numpy(x, name).astype(np.float32)
+    if a.ndim == 3:
+        a = a[..., None]
+    elif a.ndim == 4 and a.shape[1] in (1, 3):
+        a = a.transpose(0, 2, 3, 1)
+    else:
+        raise ValueError(
+            f"{name} must be images of shape (n, H, W), (n, 1, H, W) or (n, 3, H, W), got {a.shape}"
+        )
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} holds no images")
+    return np.clip(a, 0.0, 1.0)
+
+
+def _is_points(x) -> bool:
+    return len(getattr(x, "shape", ())) == 2 and x.shape[-1] == 2
+
+
+def _tile(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
+    """Tile ``(n, H, W, C)`` images row by row, ``ncol`` per row, with ``pad`` white pixels around each.
+
+    :returns: ``(rows (H + pad) + pad, ncol (W + pad) + pad, C)``, rows = ceil(n / ncol).
+    """
+    n, h, w, c = images.shape
+    rows = math.ceil(n / ncol)
+    cells = np.ones((rows * ncol, h + pad, w + pad, c), dtype=np.float32)
+    cells[:n, pad:, pad:] = images
+    canvas = cells.reshape(rows, ncol, h + pad, w + pad, c).transpose(0, 2, 1, 3, 4)
+    canvas = canvas.reshape(rows * (h + pad), ncol * (w + pad), c)
+    return np.pad(canvas, ((0, pad), (0, pad), (0, 0)), constant_values=1.0)
+
+
+def _show(ax, canvas: np.ndarray) -> None:
+    if canvas.shape[-1] == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _check_ncol(ncol) -> int:
+    if isinstance(ncol, bool) or int(ncol) != ncol or ncol < 1:
+        raise ValueError(f"ncol must be a positive integer, got {ncol!r}")
+    return int(ncol)
+
+
+# ---------------------------------------------------------------------------------------------- images
+def plot_reconstructions(
+    originals, reconstructions, path: PathLike, ncol: int = 8, figsize: FigSize = None, dpi: float = 100
+) -> PathLike:
+    """Originals against their reconstructions.
+
+    Images (``(n, H, W)`` or ``(n, C, H, W)``, C in {1, 3}, values in [0, 1]): rows of ``ncol`` originals,
+    each followed by the row of their reconstructions; default figsize ``(ncol * CELL, 2 * ceil(n / ncol)
+    * CELL)``. 2-D points ``(n, 2)``: both point sets, each original joined to its reconstruction by a
+    segment; default figsize ``(5, 5)``.
+    """
+    if _is_points(originals):
+        a, b = _numpy(originals, "originals"), _numpy(reconstructions, "reconstructions")
+        if a.shape != b.shape:
+            raise ValueError(f"originals {a.shape} and reconstructions {b.shape} must have the same shape")
+        fig = _figure(figsize or (5, 5), dpi)
+        ax = fig.add_subplot()
+        for p, q in zip(a, b):
+            ax.plot([p[0], q[0]], [p[1], q[1]], color="0.7", linewidth=0.5)
+        ax.scatter(a[:, 0], a[:, 1], s=6, label="data")
+        ax.scatter(b[:, 0], b[:, 1], s=6, label="reconstruction")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(loc="upper right")
+        return _save(fig, path)
+    a, b = _as_images(originals, "originals"), _as_images(reconstructions, "reconstructions")
+    if a.shape != b.shape:
+        raise ValueError(f"originals {a.shape} and reconstructions {b.shape} must have the same shape")
+    ncol = _check_ncol(ncol)
+    rows = math.ceil(a.shape[0] / ncol)
+    pad = np.ones((rows * ncol - a.shape[0],) + a.shape[1:], dtype=np.float32)
+    a, b = np.concatenate([a, pad]), np.concatenate([b, pad])
+    shape = (rows, ncol) + a.shape[1:]
+    # interleave: originals of row r, then their reconstructions
+    paired = np.stack([a.reshape(shape), b.reshape(shape)], axis=1).reshape((-1,) + a.shape[1:])
+    fig = _figure(figsize or (ncol * CELL, 2 * rows * CELL), dpi)
+    _show(fig.add_axes((0, 0, 1, 1)), _tile(paired, ncol))
+    return _save(fig, path)
+
+
+def plot_samples(
+    samples, path: PathLike, ncol: int = 8, figsize: FigSize = None, dpi: float = 100
+) -> PathLike:
+    """Samples from the model, e.g. ``vae.sample(64)``.
+
+    Images: a grid of ``ncol`` columns, default figsize ``(ncol * CELL, ceil(n / ncol) * CELL)``. 2-D
+    points ``(n, 2)``: a scatter plot, default figsize ``(5, 5)``.
+    """
+    if _is_points(samples):
+        a = _numpy(samples, "samples")
+        fig = _figure(figsize or (5, 5), dpi)
+        ax = fig.add_subplot()
+        ax.scatter(a[:, 0], a[:, 1], s=4)
+        ax.set_aspect("equal", adjustable="datalim")
+        return _save(fig, path)
+    a = _as_images(samples, "samples")
+    ncol = _check_ncol(ncol)
+    rows = math.ceil(a.shape[0] / ncol)
+    fig = _figure(figsize or (ncol * CELL, rows * CELL), dpi)
+    _show(fig.add_axes((0, 0, 1, 1)), _tile(a, ncol))
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def latent_traversal(
+    vae, z: Optional[torch.Tensor] = None, values=None, dims: Optional[Sequence[int]] = None
+) -> torch.Tensor:
+    """Decoded traversals: for each dimension d, ``z`` with its d-th coordinate set to each of ``values``.
+
+    :param vae: a :class:`~pyro_decomp.vae.DecompVAE` (its ``decode`` gives E[x|z]).
+    :param z: the ``(D,)`` base point (default: zeros).
+    :param values: the values taken by the traversed coordinate (default: 9 points from -3 to 3).
+    :param dims: the dimensions to traverse (default: all).
+    :returns: ``(len(dims), len(values), *obs_shape)``.
+    """
+    dim = int(vae.latent_dim)
+    z = torch.zeros(dim) if z is None else torch.as_tensor(z, dtype=torch.float32).reshape(-1)
+    if z.numel() != dim:
+        raise ValueError(f"z must have {dim} coordinates, got shape {tuple(z.shape)}")
+    values = torch.linspace(-3.0, 3.0, 9) if values is None else torch.as_tensor(values, dtype=z.dtype)
+    dims = list(range(dim)) if dims is None else [int(d) for d in dims]
+    if any(not 0 <= d < dim for d in dims):
+        raise ValueError(f"dims must lie in [0, {dim}), got {dims}")
+    grid = z.expand(len(dims), values.numel(), dim).clone()
+    for row, d in enumerate(dims):
+        grid[row, :, d] = values
+    was_training = vae.training
+    vae.eval()
+    try:
+        device = next((p.device for p in vae.parameters()), torch.device("cpu"))
+        return vae.decode(grid.to(device)).cpu()
+    finally:
+        vae.train(was_training)
+
+
+def plot_traversals(
+    images,
+    path: PathLike,
+    values=None,
+    dims: Optional[Sequence[int]] = None,
+    figsize: FigSize = None,
+    dpi=100,
+) -> PathLike:
+    """Latent traversals, one row per latent dimension (e.g. from :func:`latent_traversal`).
+
+    :param images: ``(R, S, H, W)`` or ``(R, S, C, H, W)``: R dimensions, S values each.
+    :param values: the S traversed values, written under the columns (optional).
+    :param dims: the dimension of each row, for the row labels (default ``0..R-1``).
+    :param figsize: default ``(S * CELL + 0.6, R * CELL + 0.4)``: the grid plus margins for labels.
+    """
+    a = _numpy(images, "images")
+    if a.ndim not in (4, 5):
+        raise ValueError(f"images must have shape (R, S, H, W) or (R, S, C, H, W), got {a.shape}")
+    rows, steps = a.shape[:2]
+    tiles = _as_images(a.reshape((rows * steps,) + a.shape[2:]), "images")
+    h, w = tiles.shape[1:3]
+    dims = list(range(rows)) if dims is None else list(dims)
+    if len(dims) != rows:
+        raise ValueError(f"dims has {len(dims)} entries for {rows} rows of images")
+    width, height = figsize or (steps * CELL + 0.6, rows * CELL + 0.4)
+    fig = _figure((width, height), dpi)
+    ax = fig.add_axes((0.6 / width, 0.4 / height, 1 - 0.6 / width, 1 - 0.4 / height))
+    _show(ax, _tile(tiles, steps))
+    ax.set_axis_on()
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(rows)])
+    ax.set_yticklabels([f"z{d}" for d in dims])
+    if values is not None:
+        values = _numpy(values, "values").reshape(-1)
+        if values.size != steps:
+            raise ValueError(f"values has {values.size} entries for {steps} columns")
+        ax.set_xticks([1 + s * (w + 1) + w / 2 for s in range(steps)])
+        ax.set_xticklabels([f"{v:.3g}" for v in values], fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.tick_params(length=0)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- latents
+def plot_aggregate_posterior(
+    codes,
+    prior,
+    path: PathLike,
+    bins: int = 60,
+    num_prior_samples: int = 20000,
+    generator: Optional[torch.Generator] = None,
+    figsize: FigSize = None,
+    dpi: float = 100,
+) -> PathLike:
+    """The aggregate encoding q(z) against the prior p(z) -- the alignment the paper's α controls.
+
+    ``codes`` are draws from q(z) = (1/N) Σ_n q(z|x_n): one ``z ~ q(z|x_n)`` per data point, ``(M, D)``.
+
+    * D = 2: a 2-D histogram (density) of the codes beside the prior's density exp(log p(z)) on the same
+      grid, with the prior's contours drawn over the histogram; default figsize ``(9, 4)``.
+    * otherwise: one panel per dimension, the codes' marginal histogram against the prior's marginal (a
+      histogram of ``num_prior_samples`` prior draws, so any prior works); default figsize
+      ``(3 * ncol, 2.5 * nrow)`` with ``ncol = min(D, 4)``.
+
+    Prior draws (also used to set the 2-D plotting range) come from ``generator`` (default: seed 0), without
+    touching the global random state.
+    """
+    z = _numpy(codes, "codes").astype(np.float64)
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"codes must have shape (M, D) with M >= 2, got {z.shape}")
+    dim = z.shape[1]
+    if tuple(prior.event_shape) != (dim,):
+        raise ValueError(f"the prior has event_shape {tuple(prior.event_shape)}, the codes have D = {dim}")
+    gen = torch.Generator().manual_seed(0) if generator is None else generator
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
+        draws = prior.sample((int(num_prior_samples),)).cpu().double().numpy()
+    if dim == 2:
+        lo, hi = np.quantile(z, 0.005, axis=0), np.quantile(z, 0.995, axis=0)
+        lo = np.minimum(lo, np.quantile(draws, 0.005, axis=0))
+        hi = np.maximum(hi, np.quantile(draws, 0.995, axis=0))
+        span = hi - lo
+        lo, hi = lo - 0.1 * span, hi + 0.1 * span
+        xs, ys = np.linspace(lo[0], hi[0], bins + 1), np.linspace(lo[1], hi[1], bins + 1)
+        hist, _, _ = np.histogram2d(z[:, 0], z[:, 1], bins=[xs, ys], density=True)
+        cx, cy = (xs[1:] + xs[:-1]) / 2, (ys[1:] + ys[:-1]) / 2
+        grid = torch.as_tensor(np.stack(np.meshgrid(cx, cy, indexing="ij"), -1))
+        mean = getattr(prior, "mean", None)
+        with torch.no_grad():
+            dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
+            density = prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
+        fig = _figure(figsize or (9, 4), dpi)
+        extent = (xs[0], xs[-1], ys[0], ys[-1])
+        for i, (image, title) in enumerate(((hist, "aggregate encoding q(z)"), (density, "prior p(z)"))):
+            ax = fig.add_subplot(1, 2, i + 1)
+            ax.imshow(image.T, origin="lower", extent=extent, aspect="auto", cmap="viridis")
+            if i == 0:
+                ax.contour(cx, cy, density.T, levels=6, colors="white", linewidths=0.7)
+            ax.set_title(title)
+            ax.set_xlabel("z0")
+            ax.set_ylabel("z1")
+        fig.subplots_adjust(wspace=0.3, bottom=0.14)
+        return _save(fig, path)
+    ncol = min(dim, 4)
+    nrow = math.ceil(dim / ncol)
+    fig = _figure(figsize or (3 * ncol, 2.5 * nrow), dpi)
+    for d in range(dim):
+        ax = fig.add_subplot(nrow, ncol, d + 1)
+        lo = min(np.quantile(z[:, d], 0.001), np.quantile(draws[:, d], 0.001))
+        hi = max(np.quantile(z[:, d], 0.999), np.quantile(draws[:, d], 0.999))
+        edges = np.linspace(lo, hi, bins + 1) if hi > lo else bins
+        ax.hist(z[:, d], bins=edges, density=True, alpha=0.6, label="q(z)")
+        ax.hist(draws[:, d], bins=edges, density=True, histtype="step", color="k", label="p(z)")
+        ax.set_title(f"z{d}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        if d == 0:
+            ax.legend(fontsize=7)
+    fig.subplots_adjust(hspace=0.5, wspace=0.3)
+    return _save(fig, path)
+
+
+def plot_latent_magnitude(
+    codes,
+    labels,
+    path: PathLike,
+    class_names: Optional[Sequence[str]] = None,
+    normalise: bool = True,
+    figsize: FigSize = None,
+    dpi: float = 100,
+) -> PathLike:
+    """Average latent magnitude per class: the paper's sparsity figure (Mathieu et al., 2019, Fig. 5).
+
+    A heat map of E[|z_d| | class c] over the points of each class (rows: classes, columns: dimensions),
+    each dimension first divided by its standard deviation over all points when ``normalise``. A sparse
+    decomposition lights up few dimensions per class, and different ones for different classes.
+
+    :param codes: ``(N, D)`` encodings (e.g. encoder means).
+    :param labels: ``(N,)`` integer classes.
+    :param figsize: default ``(0.45 * D + 2.5, 0.35 * C + 1.5)`` for C classes.
+    """
+    z = np.abs(_numpy(codes, "codes").astype(np.float64))
+    y = _numpy(labels, "labels").reshape(-1)
+    if z.ndim != 2 or z.shape[0] != y.shape[0]:
+        raise ValueError(f"codes (N, D) and labels (N,) must match, got {z.shape} and {y.shape}")
+    if normalise:
+        std = _numpy(codes, "codes").astype(np.float64).std(0)
+        z = z / np.where(std > 0, std, 1.0)
+    classes, inverse = np.unique(y, return_inverse=True)
+    counts = np.bincount(inverse, minlength=classes.size)
+    table = np.zeros((classes.size, z.shape[1]))
+    np.add.at(table, inverse, z)
+    table /= counts[:, None]
+    if class_names is None:
+        names = [str(c) for c in classes]
+    elif np.issubdtype(classes.dtype, np.integer) and classes.min() >= 0 and classes.max() < len(class_names):
+        names = [str(class_names[int(c)]) for c in classes]
+    else:
+        raise ValueError(
+            f"class_names must have an entry for every class label 0..{classes.max()}, got {len(class_names)}"
+        )
+    fig = _figure(figsize or (0.45 * z.shape[1] + 2.5, 0.35 * classes.size + 1.5), dpi)
+    ax = fig.add_subplot()
+    image = ax.imshow(table, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xticks(range(z.shape[1]))
+    ax.set_xticklabels([str(d) for d in range(z.shape[1])], fontsize=7)
+    ax.set_yticks(range(classes.size))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xlabel("latent dimension")
+    fig.colorbar(image, ax=ax, label="mean |z_d|")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _read_records(log) -> List[Mapping]:
+    if isinstance(log, (str, os.PathLike)):
+        records = []
+        with open(log) as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{log}:{number} is not a JSON object: {e}") from e
+        return records
+    return list(log)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_training_curves(
+    log, path: PathLike, keys: Optional[Sequence[str]] = None, figsize: FigSize = None, dpi: float = 100
+) -> PathLike:
+    """Training curves from a run's log: one panel per quantity against the epoch.
+
+    :param log: the path of a ``metrics.jsonl`` (one JSON object per line, e.g. ``{"epoch": 3, "loss": ...,
+        "reconstruction": ..., "kl": ..., "divergence": ...}``) or an iterable of such dicts.
+    :param keys: the quantities to draw (default: every numeric key but ``"epoch"``, in order of appearance).
+        Records without a key are skipped in its panel; without ``"epoch"`` the record's index is used.
+    :param figsize: default ``(6, 2 * len(keys) + 0.5)``.
+    """
+    records = _read_records(log)
+    if not records:
+        raise ValueError("the log holds no records")
+    if keys is None:
+        keys = []
+        for r in records:
+            keys += [k for k, v in r.items() if k != "epoch" and _is_number(v) and k not in keys]
+    keys = list(keys)
+    if not keys:
+        raise ValueError("the log has no numeric quantity to plot")
+    fig = _figure(figsize or (6, 2 * len(keys) + 0.5), dpi)
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, key in zip(axes, keys):
+        pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(records) if _is_number(r.get(key))]
+        if not pts:
+            raise ValueError(f"no record of the log has a numeric {key!r}")
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
+        ax.set_ylabel(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("epoch")
+    fig.subplots_adjust(left=0.15, right=0.97, top=0.97, bottom=0.5 / (2 * len(keys) + 0.5) + 0.05)
+    return _save(fig, path)
+
+
+def plot_disentanglement_vs_reconstruction(
+    results: Iterable[Mapping],
+    path: PathLike,
+    x: str = "reconstruction",
+    y: str = "disentanglement",
+    group: Optional[str] = "prior",
+    label: Union[str, Callable[[Mapping], str], None] = "beta",
+    figsize: FigSize = None,
+    dpi: float = 100,
+) -> PathLike:
+    """Disentanglement against reconstruction across a sweep (the paper's Fig. 3 style trade-off plot).
+
+    :param results: one dict per run, e.g. ``{"prior": "student-t", "beta": 4, "reconstruction": -27.1,
+        "disentanglement": 0.71}``.
+    :param x, y: the keys drawn on the axes.
+    :param group: runs with the same value of this key share a colour and a legend entry (``None``: one).
+    :param label: the key (or a function of the run) written next to each point (``None``: no labels).
+    :param figsize: default ``(6, 4.5)``.
+    """
+    runs = list(results)
+    if not runs:
+        raise ValueError("results holds no runs")
+    for i, r in enumerate(runs):
+        for key in (x, y):
+            if not _is_number(r.get(key)):
+                raise ValueError(f"run {i} has no numeric {key!r}: {dict(r)}")
+    groups: Dict[str, List[Mapping]] = {}
+    for r in runs:
+        groups.setdefault("all" if group is None else str(r.get(group, "?")), []).append(r)
+    fig = _figure(figsize or (6, 4.5), dpi)
+    ax = fig.add_subplot()
+    for name, members in groups.items():
+        ax.scatter([r[x] for r in members], [r[y] for r in members], label=name, s=25)
+        if label is not None:
+            for r in members:
+                text = label(r) if callable(label) else (f"{label}={r[label]}" if label in r else "")
+                ax.annotate(text, (r[x], r[y]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if group is not None:
+        ax.legend(title=group, fontsize=8)
+    return _save(fig, path)
