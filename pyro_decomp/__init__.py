@@ -6,6 +6,36 @@ aggregate encoding q(z) *aligns* with the structure of the prior p(z) (α).
 
 __version__ = "0.1.0"
 
+from pyro_decomp.data import DSprites, Shapes, fashion_mnist, pinwheel  # noqa: E402
+from pyro_decomp.distributions import IndependentSubspaces, SpikeAndSlab, gaussian_mixture  # noqa: E402
+from pyro_decomp.metrics import (  # noqa: E402
+    alignment,
+    disentanglement_score,
+    hoyer_sparsity,
+    iwae_log_likelihood,
+    mig,
+    overlap,
+)
+from pyro_decomp.priors import PRIORS, build_prior, pinwheel_mixture  # noqa: E402
 from pyro_decomp.vae import DecompVAE  # noqa: E402
 
-__all__ = ["DecompVAE", "__version__"]
+__all__ = [
+    "__version__",
+    "DecompVAE",
+    "PRIORS",
+    "build_prior",
+    "pinwheel_mixture",
+    "IndependentSubspaces",
+    "SpikeAndSlab",
+    "gaussian_mixture",
+    "pinwheel",
+    "Shapes",
+    "DSprites",
+    "fashion_mnist",
+    "alignment",
+    "disentanglement_score",
+    "hoyer_sparsity",
+    "iwae_log_likelihood",
+    "mig",
+    "overlap",
+]
