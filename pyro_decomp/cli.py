@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pyro_decomp import __version__
 
     parser.add_argument("--version", action="version", version=f"pyro-decomp {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,reproduce}")
 
     t = sub.add_parser(
         "train",
@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_number(int, "seed", 0), default=0, help="seed of the subsets and samples")
     e.add_argument("--no-figures", action="store_true", help="write no figures")
     e.set_defaults(func=_evaluate, subparser=e)
+    from pyro_decomp.experiments import add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return parser
 
 
