@@ -1,0 +1,305 @@
+"""The decomposition objective of Mathieu, Rainforth, Siddharth & Teh (2019), as a Pyro ELBO.
+
+Per data point (paper, eq. 7)::
+
+    L_{alpha,beta}(x) = E_{q(z|x)}[log p(x|z)] - beta KL(q(z|x) || p(z)) - alpha D(q(z), p(z))
+
+where q(z) = (1/N) sum_n q(z|x_n) is the aggregate encoding. beta controls the *overlap* of the encodings
+and alpha the *alignment* of q(z) with the prior. Over a data set of N points, in Pyro's sum convention::
+
+    L = sum_n (E_q[log p(x_n|z)] - beta KL_n) - alpha N D(q(z), p(z))
+
+estimated on a minibatch of B points inside ``pyro.plate("data", N, subsample=...)`` as
+(N/B) sum_b (...) - alpha N D_hat, with D_hat from :mod:`pyro_decomp.divergences`. alpha therefore weighs
+D per data point, as in the paper's code. :class:`DecompositionELBO` minimises -L.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Callable, Dict, Iterable, Union
+
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import Trace_ELBO
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.util import site_is_subsample
+from pyro.util import check_if_enumerated, check_model_guide_match, warn_if_nan
+from torch.distributions import kl_divergence
+
+from pyro_decomp.divergences import build_divergence
+
+__all__ = ["DecompositionELBO"]
+
+_PARTICLE_PLATE = "num_particles_vectorized"
+
+
+def _check_weight(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return float(value)
+
+
+def _log_prob_sum(site) -> torch.Tensor:
+    """The site's log-probability with its plate scale and mask applied, summed (as Pyro's traces do)."""
+    log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
+
+
+def _data_size(site) -> int:
+    """``full_size`` of the plate at ``dim=-1``: the data plate, indexed by z's second-last dim."""
+    for frame in site["cond_indep_stack"]:
+        if frame.dim == -1 and frame.name != _PARTICLE_PLATE:
+            return int(frame.full_size if frame.full_size is not None else frame.size)
+    raise ValueError(
+        f"latent site {site['name']!r} must be sampled inside a pyro.plate over the data points at dim=-1, "
+        "so that its value has shape (..., B, D); found plates "
+        f"{[(f.name, f.dim) for f in site['cond_indep_stack']]}"
+    )
+
+
+class DecompositionELBO(Trace_ELBO):
+    """Loss ``-[sum_n (E_q log p(x_n|z) - beta KL(q(z|x_n) || p(z))) - alpha N D_hat(q(z), p(z))]``.
+
+    A :class:`~pyro.infer.Trace_ELBO` for ``pyro.infer.SVI``; ``loss``, ``loss_and_grads`` and
+    ``differentiable_loss`` share :meth:`_differentiable_loss_particle`. At each site named in
+    ``latent_sites`` (model and guide must both sample it, reparameterised, inside the data plate):
+
+    * the KL term is ``kl_divergence(q, p)`` when ``analytic_kl`` is true and torch/Pyro registers a closed
+      form for the (guide, prior) pair, and otherwise the Monte Carlo estimate ``log q(z|x) - log p(z)`` on
+      the guide's sample; either way scaled by the plate (N/B) and weighted by ``beta``. beta KL =
+      -beta H[q(z|x)] - beta E_q[log p(z)]: a beta-scaled entropy plus a beta-scaled cross-entropy;
+    * the divergence ``D_hat = divergence(z, q, p)`` is computed on the guide's samples ``z``
+      (``(..., B, D)``, with a leading particle dim under ``vectorize_particles``), the guide distribution
+      ``q`` and the model site's prior ``p`` (batch shape ``(..., B)``, from which the estimators draw B
+      fresh samples), and enters as ``alpha * N * D_hat`` with N the ``full_size`` of the site's data plate.
+
+    Observed sites contribute their full (plate-scaled) log-likelihood, unweighted; other latent sites the
+    plain ELBO terms ``log p - log q``. With ``beta=1, alpha=0`` the loss and its gradients equal
+    :class:`~pyro.infer.TraceMeanField_ELBO`'s (closed-form KL) or, with ``analytic_kl=False``,
+    :class:`~pyro.infer.Trace_ELBO`'s.
+
+    The inclusive and exclusive KL estimators need the guide site's distribution to be the encoder density
+    q(z|x_b) (an amortised guide such as :class:`~pyro_decomp.vae.DecompVAE`'s); with auto-guides, whose
+    sites are ``Delta`` distributions, only MMD (which uses the samples alone) is meaningful. Masks are
+    applied to the KL and likelihood terms, not to the divergence.
+
+    :param float beta: weight of the KL term (overlap); ``beta=1`` is the ELBO.
+    :param float alpha: weight of the divergence per data point (alignment). With ``alpha=0`` the divergence
+        is not computed in the loss.
+    :param divergence: ``"mmd"``, ``"inclusive-kl"``, ``"exclusive-kl"`` (and the variants accepted by
+        :func:`~pyro_decomp.divergences.build_divergence`) or an estimator ``est(z, q, prior) -> scalar``.
+    :param latent_sites: name or names of the latent sites that the beta and alpha terms act on.
+    :param bool analytic_kl: use a registered closed-form KL when there is one.
+    :param trace_elbo_options: keyword arguments of :class:`~pyro.infer.Trace_ELBO` (``num_particles``,
+        ``vectorize_particles``, ``max_plate_nesting``, ...).
+
+    Reference: E. Mathieu, T. Rainforth, N. Siddharth, Y. W. Teh, "Disentangling Disentanglement in
+    Variational Autoencoders", ICML 2019.
+    """
+
+    def __init__(
+        self,
+        beta: float = 1.0,
+        alpha: float = 0.0,
+        divergence: Union[str, Callable] = "mmd",
+        latent_sites: Union[str, Iterable[str]] = ("z",),
+        analytic_kl: bool = True,
+        **trace_elbo_options,
+    ):
+        super().__init__(**trace_elbo_options)
+        self.beta = beta
+        self.alpha = alpha
+        self.divergence = build_divergence(divergence)
+        if isinstance(latent_sites, str):
+            latent_sites = (latent_sites,)
+        latent_sites = tuple(latent_sites)
+        if not latent_sites or not all(isinstance(s, str) and s for s in latent_sites):
+            raise ValueError(f"latent_sites must be a non-empty sequence of site names, got {latent_sites!r}")
+        self.latent_sites = latent_sites
+        self.analytic_kl = bool(analytic_kl)
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = _check_weight("beta", value)
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = _check_weight("alpha", value)
+
+    def __repr__(self) -> str:
+        return (
+            f"DecompositionELBO(beta={self.beta}, alpha={self.alpha}, divergence={self.divergence!r}, "
+            f"latent_sites={self.latent_sites}, analytic_kl={self.analytic_kl}, "
+            f"num_particles={self.num_particles}, vectorize_particles={self.vectorize_particles})"
+        )
+
+    # ------------------------------------------------------------------------------------------ traces
+    def _get_trace(self, model, guide, args, kwargs):
+        """Run the guide and the model against it. Log-probabilities are left to the loss, which computes
+        only the terms it needs (none at sites whose KL has a closed form)."""
+        unwrapped = poutine.unwrap(guide)
+        if isinstance(unwrapped, poutine.messenger.Messenger):
+            # a GuideMessenger (e.g. AutoNormalMessenger) runs the model itself
+            guide(*args, **kwargs)
+            model_trace, guide_trace = unwrapped.get_traces()
+        else:
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+            check_if_enumerated(guide_trace)
+        for name in self.latent_sites:
+            for role, tr in (("model", model_trace), ("guide", guide_trace)):
+                site = tr.nodes.get(name)
+                if site is None or site["type"] != "sample" or site["is_observed"]:
+                    latents = [
+                        n
+                        for n, s in tr.nodes.items()
+                        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+                    ]
+                    raise ValueError(
+                        f"latent site {name!r} is not a latent sample site of the {role}; "
+                        f"its latent sites are {latents}"
+                    )
+        return model_trace, guide_trace
+
+    @property
+    def _particles_per_trace(self) -> int:
+        return self.num_particles if self.vectorize_particles else 1
+
+    def _kl_sum(self, model_site, guide_site) -> torch.Tensor:
+        """Plate-scaled sum of KL(q(z|x) || p(z)) over the site's batch: closed form or Monte Carlo."""
+        q, p = guide_site["fn"], model_site["fn"]
+        if self.analytic_kl:
+            try:
+                kl = kl_divergence(q, p)
+            except NotImplementedError:
+                kl = None
+            if kl is not None:
+                kl = scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+                if not torch.is_tensor(kl):
+                    return kl * q.batch_shape.numel()
+                if kl.shape != q.batch_shape:
+                    kl = kl.expand(q.batch_shape)
+                return kl.sum()
+        return _log_prob_sum(guide_site) - _log_prob_sum(model_site)
+
+    def _terms(
+        self, model_trace, guide_trace, with_divergence: bool, with_kl: bool = True
+    ) -> Dict[str, object]:
+        """The loss's parts for one trace pair (each summed over the particles it holds):
+
+        ``reconstruction`` (observed log-likelihood), ``kl`` (latent sites' KL), ``other_kl`` (log q - log p
+        at other latent and auxiliary sites), ``weighted_divergence`` (sum over latent sites of
+        particles * N * D_hat), ``divergence`` (sum over latent sites of D_hat averaged over particles),
+        ``n`` (the data size of the first latent site). Without ``with_kl`` (beta = 0) the KL is left at 0.
+        """
+        reconstruction, kl, other_kl = 0.0, 0.0, 0.0
+        weighted_divergence, divergence, n_data = 0.0, 0.0, None
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["is_observed"]:
+                reconstruction = reconstruction + _log_prob_sum(site)
+                continue
+            guide_site = guide_trace.nodes.get(name)
+            if guide_site is None:
+                raise ValueError(f"model latent site {name!r} has no guide site")
+            if not guide_site["fn"].has_rsample:
+                raise ValueError(
+                    f"DecompositionELBO needs reparameterised guide sites, but {name!r} has "
+                    f"{type(guide_site['fn']).__name__}, which has no rsample"
+                )
+            if name not in self.latent_sites:
+                other_kl = other_kl + _log_prob_sum(guide_site) - _log_prob_sum(site)
+                continue
+            if with_kl:
+                kl = kl + self._kl_sum(site, guide_site)
+            if with_divergence:
+                n = _data_size(guide_site)
+                n_data = n if n_data is None else n_data
+                if len(guide_site["fn"].event_shape) != 1:
+                    raise ValueError(
+                        f"latent site {name!r} must have event_shape (D,) for the divergence, got "
+                        f"{tuple(guide_site['fn'].event_shape)}"
+                    )
+                d_hat = self.divergence(guide_site["value"], guide_site["fn"], site["fn"])
+                weighted_divergence = weighted_divergence + (self._particles_per_trace * n) * d_hat
+                divergence = divergence + d_hat
+        for name, guide_site in guide_trace.nodes.items():
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                if not site_is_subsample(guide_site):
+                    other_kl = other_kl + _log_prob_sum(guide_site)
+        return {
+            "reconstruction": reconstruction,
+            "kl": kl,
+            "other_kl": other_kl,
+            "weighted_divergence": weighted_divergence,
+            "divergence": divergence,
+            "n": n_data,
+        }
+
+    def _loss_from_terms(self, terms):
+        elbo = terms["reconstruction"] - self.beta * terms["kl"] - terms["other_kl"]
+        loss = -elbo
+        if self.alpha != 0.0:
+            loss = loss + self.alpha * terms["weighted_divergence"]
+        return loss
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        terms = self._terms(
+            model_trace, guide_trace, with_divergence=self.alpha != 0.0, with_kl=self.beta != 0.0
+        )
+        surrogate_loss = self._loss_from_terms(terms)
+        return torch_item(surrogate_loss), surrogate_loss
+
+    # ------------------------------------------------------------------------------------------ API
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss -L as a float, averaged over ``num_particles``, computed without gradients."""
+        loss = 0.0
+        with torch.no_grad():
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                loss_particle, _ = self._differentiable_loss_particle(model_trace, guide_trace)
+                loss += loss_particle / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_components(self, model, guide, *args, **kwargs) -> Dict[str, float]:
+        """Per-data-point averages of the loss's parts, for logging (no gradients; the divergence is
+        estimated even when ``alpha == 0``):
+
+        * ``reconstruction``: E_q[log p(x|z)] per point (the plate-scaled log-likelihood divided by N);
+        * ``kl``: KL(q(z|x) || p(z)) per point at the latent sites (not weighted by beta);
+        * ``other_kl``: log q - log p per point at any other latent or auxiliary sites (0 for a DecompVAE);
+        * ``divergence``: D_hat(q(z), p(z)) (summed over latent sites);
+        * ``loss``: the loss divided by N, ``-(reconstruction - beta kl - other_kl) + alpha divergence``.
+
+        N is the ``full_size`` of the first latent site's data plate; all values average over
+        ``num_particles``.
+        """
+        totals = dict.fromkeys(("reconstruction", "kl", "other_kl", "divergence", "loss"), 0.0)
+        with torch.no_grad():
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                terms = self._terms(model_trace, guide_trace, with_divergence=True)
+                n = terms["n"]
+                k = self._particles_per_trace
+                totals["reconstruction"] += torch_item(terms["reconstruction"]) / n
+                totals["kl"] += torch_item(terms["kl"]) / n
+                totals["other_kl"] += torch_item(terms["other_kl"]) / n
+                totals["divergence"] += torch_item(terms["divergence"]) * k
+                elbo = terms["reconstruction"] - self.beta * terms["kl"] - terms["other_kl"]
+                totals["loss"] += (
+                    torch_item(-elbo) + self.alpha * torch_item(terms["weighted_divergence"])
+                ) / n
+        return {key: value / self.num_particles for key, value in totals.items()}
