@@ -8,6 +8,16 @@ __version__ = "0.1.0"
 
 from pyro_decomp.data import DSprites, Shapes, fashion_mnist, pinwheel  # noqa: E402
 from pyro_decomp.distributions import IndependentSubspaces, SpikeAndSlab, gaussian_mixture  # noqa: E402
+from pyro_decomp.divergences import (  # noqa: E402
+    DIVERGENCES,
+    MMD,
+    ExclusiveKL,
+    IMQKernel,
+    InclusiveKL,
+    RBFKernel,
+    build_divergence,
+)
+from pyro_decomp.elbo import DecompositionELBO  # noqa: E402
 from pyro_decomp.metrics import (  # noqa: E402
     alignment,
     disentanglement_score,
@@ -17,11 +27,26 @@ from pyro_decomp.metrics import (  # noqa: E402
     overlap,
 )
 from pyro_decomp.priors import PRIORS, build_prior, pinwheel_mixture  # noqa: E402
+from pyro_decomp.training import RunConfig, Trainer, build, evaluate, resume, train  # noqa: E402
 from pyro_decomp.vae import DecompVAE  # noqa: E402
 
 __all__ = [
     "__version__",
     "DecompVAE",
+    "DecompositionELBO",
+    "DIVERGENCES",
+    "MMD",
+    "IMQKernel",
+    "RBFKernel",
+    "InclusiveKL",
+    "ExclusiveKL",
+    "build_divergence",
+    "RunConfig",
+    "Trainer",
+    "build",
+    "train",
+    "resume",
+    "evaluate",
     "PRIORS",
     "build_prior",
     "pinwheel_mixture",
