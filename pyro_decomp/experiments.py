@@ -626,27 +626,6 @@ def _shapes_at_32(run) -> Tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _assemble(cfg, train_set):
-    """The VAE and ELBO of ``cfg`` on a data set that :func:`~pyro_decomp.training.build` does not load
-    (the 32×32 shapes standing in for Fashion-MNIST), with the builder's own networks, prior and ELBO."""
-    from pyro_decomp import training
-    from pyro_decomp.vae import DecompVAE
-
-    obs_shape = tuple(train_set[0][0].shape)
-    encoder, decoder = training._build_networks(cfg, obs_shape)
-    prior = training._build_prior(cfg, train_set)
-    vae = DecompVAE(
-        encoder,
-        decoder,
-        prior,
-        likelihood=cfg.likelihood,
-        likelihood_scale=cfg.likelihood_scale,
-        latent_dim=cfg.latent_dim,
-        obs_shape=obs_shape,
-    )
-    return vae, training._build_elbo(cfg)
-
-
 _RESUME_IGNORED = ("epochs", "device", "num_workers")
 
 
@@ -663,11 +642,7 @@ def _train_run(config: ExperimentConfig, arm: Arm, seed: int, run_dir: Path, dat
     cfg = config.run_config(arm, seed).resolved()
     pyro.clear_param_store()
     pyro.set_rng_seed(cfg.seed)
-    if data is None:
-        vae, elbo, train_set, test_set = training.build(cfg)
-    else:
-        train_set, test_set = data
-        vae, elbo = _assemble(cfg, train_set)
+    vae, elbo, train_set, test_set = training.build(cfg, data=data)
     if config.subset_steps:
         train_set = test_set = _grid_subset(train_set, config.subset_steps)
     trainer = training.Trainer(vae, elbo, train_set, cfg, str(run_dir), progress=progress)

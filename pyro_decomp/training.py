@@ -466,8 +466,11 @@ def _build_elbo(cfg: RunConfig):
     )
 
 
-def build(config: RunConfig):
+def build(config: RunConfig, data: Optional[Tuple[Dataset, Dataset]] = None):
     """Build ``(vae, elbo, train_set, test_set)`` for a run, as the paper sets up each data set.
+
+    ``data``: a ``(train_set, test_set)`` pair to use instead of loading ``config.dataset`` (for data sets the
+    builder does not know, such as a stand-in); networks, prior and ELBO are still chosen by ``config``.
 
     pinwheel → MLP with 100 hidden units and a Normal likelihood with learnt scale, 2-D latents, the
     4-component mixture prior; shapes/dsprites → 64×64 convolutional nets and a Bernoulli likelihood, 10-D
@@ -480,7 +483,7 @@ def build(config: RunConfig):
     from pyro_decomp.vae import DecompVAE
 
     cfg = config.resolved()
-    train_set, test_set = _build_data(cfg)
+    train_set, test_set = _build_data(cfg) if data is None else data
     if len(train_set) < 2:
         raise ValueError(f"the training set has {len(train_set)} points; at least 2 are needed")
     obs_shape = tuple(_first_tensor(train_set[0]).shape)
