@@ -24,7 +24,6 @@ import math
 import os
 import pickle
 import random
-import secrets
 import signal
 import threading
 import time
@@ -39,6 +38,7 @@ from pyro import poutine
 from pyro.infer.util import zero_grads
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from pyro_decomp._atomic import atomic_open
 from pyro_decomp.distributed import (
     DistributedContext,
     GatheredDivergence,
@@ -502,43 +502,10 @@ def build(config: RunConfig, data: Optional[Tuple[Dataset, Dataset]] = None):
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: str, write) -> None:
     """Write via ``write(file)`` to a temporary file next to ``path``, fsync it, rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    while True:  # like tempfile.mkstemp, but with the umask's permissions rather than 0600
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_open(path) as f:
+        write(f)
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:

@@ -11,8 +11,6 @@ memory-mapped, so neither a uint8 nor a float32 copy of the 3 GB of pixels is ev
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pyro_decomp._atomic import atomic_open
 from pyro_decomp.data.ground_truth import (
     IMAGE_SIZE,
     GroundTruthData,
@@ -87,41 +86,33 @@ def download_file(
     """Download ``url`` to ``path`` through a temporary file renamed on success (checksum verified first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    total = response.headers.get("Content-Length")
-                    with tqdm(
-                        total=int(total) if total else None,
-                        unit="B",
-                        unit_scale=True,
-                        desc=f"downloading {path.name}",
-                        disable=not progress,
-                    ) as bar:
-                        for chunk in iter(lambda: response.read(1 << 20), b""):
-                            f.write(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, OSError) as e:
-                raise RuntimeError(
-                    f"could not download {url} ({e}). Fetch it by hand and save it as {path}."
-                ) from e
+    with atomic_open(path) as f:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                total = response.headers.get("Content-Length")
+                with tqdm(
+                    total=int(total) if total else None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"downloading {path.name}",
+                    disable=not progress,
+                ) as bar:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(
+                f"could not download {url} ({e}). Fetch it by hand and save it as {path}."
+            ) from e
         if checksum is not None:
+            f.flush()
             algorithm, expected = _parse_checksum(checksum)
-            actual = file_digest(tmp, algorithm)
+            actual = file_digest(f.name, algorithm)
             if actual != expected:
                 raise RuntimeError(
                     f"the file downloaded from {url} has {algorithm} {actual}, expected {expected}; it was "
                     f"not saved. Try again, or fetch it by hand and save it as {path}."
                 )
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 

@@ -9,14 +9,13 @@ likelihood never sees an exact 0 or 1.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
+from pyro_decomp._atomic import atomic_open
 from pyro_decomp.data.ground_truth import default_data_dir
 
 __all__ = ["fashion_mnist", "FashionMNIST32", "FASHION_MNIST_FILES"]
@@ -74,17 +73,8 @@ def _unzip_raw_files(raw: Path) -> None:
         target, packed = raw / name, raw / (name + ".gz")
         if target.exists() or not packed.exists():
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=raw)
-        try:
-            with os.fdopen(fd, "wb") as out, gzip.open(packed, "rb") as src:
-                shutil.copyfileobj(src, out)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_open(target) as out, gzip.open(packed, "rb") as src:
+            shutil.copyfileobj(src, out)
 
 
 def fashion_mnist(

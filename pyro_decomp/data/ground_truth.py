@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from pyro_decomp._atomic import atomic_open
 
 __all__ = ["GroundTruthData", "PackedImages", "default_data_dir"]
 
@@ -117,34 +118,20 @@ def write_packed_atomically(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            header = {"descr": "|u1", "fortran_order": False, "shape": (num_images, IMAGE_SIZE, PACKED_WIDTH)}
-            np.lib.format.write_array_header_1_0(f, header)
-            written = 0
-            for block in blocks:
-                _check_packed(block, "block")
-                if written + block.shape[0] > num_images:
-                    raise RuntimeError(f"more than the {num_images} images announced for {path}")
-                f.write(np.ascontiguousarray(block).data)
-                written += block.shape[0]
-                if progress is not None:
-                    progress.update(block.shape[0])
-            if written != num_images:
-                raise RuntimeError(f"wrote {written} images to {path}, expected {num_images}")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path) as f:
+        header = {"descr": "|u1", "fortran_order": False, "shape": (num_images, IMAGE_SIZE, PACKED_WIDTH)}
+        np.lib.format.write_array_header_1_0(f, header)
+        written = 0
+        for block in blocks:
+            _check_packed(block, "block")
+            if written + block.shape[0] > num_images:
+                raise RuntimeError(f"more than the {num_images} images announced for {path}")
+            f.write(np.ascontiguousarray(block).data)
+            written += block.shape[0]
+            if progress is not None:
+                progress.update(block.shape[0])
+        if written != num_images:
+            raise RuntimeError(f"wrote {written} images to {path}, expected {num_images}")
     return path
 
 
