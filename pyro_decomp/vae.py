@@ -13,6 +13,7 @@ log-probability of the batch by N / B and the ELBO estimates the sum over the wh
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Optional, Union
 
 import pyro
@@ -109,10 +110,44 @@ class DecompVAE(PyroModule):
             init = torch.full(shape, self.likelihood_scale).log()
             self.log_obs_scale = nn.Parameter(init)
 
+    def __getstate__(self):
+        # the caches of prior_distribution and _subsample are rebuilt on demand; keep them out of pickles
+        # and deep copies
+        state = dict(super().__getstate__())
+        state.pop("_prior_cache", None)
+        state.pop("_arange_cache", None)
+        return state
+
     # ------------------------------------------------------------------ distributions
     def prior_distribution(self) -> dist.Distribution:
-        """The prior p(z) as a distribution with ``event_shape == (D,)``."""
-        return self._prior_dist if self.prior is None else self.prior()
+        """The prior p(z) as a distribution with ``event_shape == (D,)``.
+
+        A fixed prior module of this library (none of its tensors requires grad) builds the same
+        distribution on every call; it is built again only when one of its tensors has changed (in place,
+        replaced, or moved) or distribution validation was switched, so a training step does not pay for it.
+        """
+        if self.prior is None:
+            return self._prior_dist
+        key = self._prior_key()
+        cache = self.__dict__.get("_prior_cache")
+        if key is not None and cache is not None and cache[0] == key:
+            return cache[1]
+        prior = self.prior()
+        self.__dict__["_prior_cache"] = None if key is None else (key, prior)
+        return prior
+
+    def _prior_key(self) -> Optional[tuple]:
+        """Identity of the prior module's tensors if the module is a fixed, deterministic prior of this
+        library (see :meth:`prior_distribution`), else ``None``."""
+        module = self.__dict__["_modules"].get("prior")
+        if type(module) not in _fixed_prior_types():
+            return None
+        key = [torch.distributions.Distribution._validate_args]  # built under the validation setting of now
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            if t.requires_grad or t.is_inference():  # inference tensors have no version counter
+                return None
+            key.append((id(t), t._version, t.data_ptr()))
+        return tuple(key)
 
     def likelihood(self, params: torch.Tensor, obs_dims: int) -> dist.Distribution:
         """p(x|z) given decoder output ``params`` of shape ``(*batch, *obs)`` with ``obs_dims`` dims."""
@@ -160,23 +195,33 @@ class DecompVAE(PyroModule):
             )
         return int(dataset_size)
 
+    def _subsample(self, x: torch.Tensor) -> torch.Tensor:
+        """``arange(B)`` on x's device, the data plate's subsample indices (made once per size and device)."""
+        cache = self.__dict__.setdefault("_arange_cache", {})
+        key = (x.shape[0], x.device)
+        index = cache.get(key)
+        if index is None:
+            index = cache[key] = torch.arange(x.shape[0], device=x.device)
+        return index
+
     @pyro_method
     def model(self, x: torch.Tensor, dataset_size: Optional[int] = None) -> torch.Tensor:
         """p(x, z) on a minibatch; site ``"z"`` (latent) and ``"x"`` (observed) in plate ``"data"``."""
         n = self._check_batch(x, dataset_size)
         prior = self.prior_distribution()
-        with pyro.plate("data", n, subsample=torch.arange(x.shape[0], device=x.device), dim=-1):
+        decoder = self.decoder  # registers the decoder's parameters, outside the plate (fewer handlers)
+        with pyro.plate("data", n, subsample=self._subsample(x), dim=-1):
             z = pyro.sample("z", prior)
-            params = self.decoder(z)
-            pyro.sample("x", self.likelihood(params, x.dim() - 1), obs=x)
+            pyro.sample("x", self.likelihood(decoder(z), x.dim() - 1), obs=x)
         return z
 
     @pyro_method
     def guide(self, x: torch.Tensor, dataset_size: Optional[int] = None) -> torch.Tensor:
         """q(z|x) on a minibatch; site ``"z"`` in plate ``"data"``."""
         n = self._check_batch(x, dataset_size)
-        with pyro.plate("data", n, subsample=torch.arange(x.shape[0], device=x.device), dim=-1):
-            return pyro.sample("z", self.encoder_distribution(x))
+        q = self.encoder_distribution(x)  # batch shape (B,) already: the plate scales (and broadcasts) it
+        with pyro.plate("data", n, subsample=self._subsample(x), dim=-1):
+            return pyro.sample("z", q)
 
     # ------------------------------------------------------------------ conveniences
     def _mean(self, params: torch.Tensor) -> torch.Tensor:
@@ -212,6 +257,14 @@ class DecompVAE(PyroModule):
         else:
             z = self.prior_distribution().sample((int(n),))
         return self.decode(z)
+
+
+def _fixed_prior_types() -> tuple:
+    """The prior modules of :mod:`pyro_decomp.priors` whose ``forward`` is a deterministic function of their
+    tensors (no Pyro effects, no randomness, no user code)."""
+    from pyro_decomp.priors import GaussianPrior, MixturePrior, SparsePrior, StudentTPrior
+
+    return (GaussianPrior, MixturePrior, SparsePrior, StudentTPrior)
 
 
 class _fork_rng:

@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -9,6 +12,7 @@ from pyro.optim import Adam
 from pyro_decomp import DecompVAE
 from pyro_decomp.data import pinwheel
 from pyro_decomp.nets import ConvDecoder64, ConvEncoder64, MLPDecoder, MLPEncoder
+from pyro_decomp.priors import GaussianPrior, pinwheel_mixture
 
 
 def std_normal(d):
@@ -167,3 +171,60 @@ def test_vectorised_particles_shape():
     loss = elbo.differentiable_loss(vae.model, vae.guide, torch.randn(6, 2))
     assert torch.isfinite(loss)
     pyro.clear_param_store()
+
+
+# ---------------------------------------------------------------- prior and subsample caches
+def _vae(prior):
+    return DecompVAE(MLPEncoder(2, 2), MLPDecoder(2, 2), prior)
+
+
+def test_fixed_prior_is_built_once_and_again_when_its_tensors_change():
+    vae = _vae(pinwheel_mixture())
+    first = vae.prior_distribution()
+    assert vae.prior_distribution() is first
+    locs = first.locs.clone()
+
+    vae.prior.locs.mul_(2.0)  # in place
+    second = vae.prior_distribution()
+    assert second is not first and torch.equal(second.locs, 2 * locs)
+
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    state["prior.locs"] = 3 * locs
+    vae.load_state_dict(state)  # copied in place
+    third = vae.prior_distribution()
+    assert torch.equal(third.locs, 3 * locs)
+
+    vae.double()  # buffers replaced
+    fourth = vae.prior_distribution()
+    assert fourth.locs.dtype == torch.float64 and torch.equal(fourth.locs, (3 * locs).double())
+    assert vae.prior_distribution() is fourth
+
+    with pyro.validation_enabled(False):  # a distribution keeps the validation setting it was built under
+        fifth = vae.prior_distribution()
+        assert fifth is not fourth and not fifth._validate_args
+    assert vae.prior_distribution()._validate_args
+
+
+def test_learnable_and_user_priors_are_built_on_every_call():
+    vae = _vae(pinwheel_mixture(learn=True))
+    a, b = vae.prior_distribution(), vae.prior_distribution()
+    assert a is not b
+    a.log_prob(torch.zeros(2)).backward()
+    b.log_prob(torch.ones(2)).backward()  # each call has its own graph
+    assert vae.prior.locs.grad is not None
+
+    class Shifted(GaussianPrior):  # a user's subclass may do anything in forward
+        def forward(self):
+            return super().forward()
+
+    vae = _vae(Shifted(2))
+    assert vae.prior_distribution() is not vae.prior_distribution()
+
+
+def test_copies_and_pickles_leave_the_caches_behind():
+    vae = _vae(pinwheel_mixture())
+    vae.prior_distribution()
+    for clone in (copy.deepcopy(vae), pickle.loads(pickle.dumps(vae))):
+        assert "_prior_cache" not in clone.__dict__
+        d = clone.prior_distribution()
+        assert d.locs.data_ptr() == clone.prior.locs.data_ptr()
