@@ -38,3 +38,18 @@ def test_code_passes_ruff():
     ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
     result = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_library_example_runs(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## A library example", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the example prints the loss components, then the held-out divergence as a finite number
+    lines = result.stdout.strip().splitlines()
+    assert "reconstruction" in lines[0] and float(lines[-1]) == float(lines[-1])
