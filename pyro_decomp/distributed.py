@@ -104,8 +104,13 @@ def init_distributed(device: torch.device) -> DistributedContext:
 
 
 def shutdown(context: DistributedContext) -> None:
-    """Leave the process group (a no-op when not distributed)."""
+    """Leave the process group (a no-op when not distributed).
+
+    Every rank first waits at a barrier: a rank that tears its group down while another still talks to it
+    can abort the other process (gloo's threads are destroyed mid-operation).
+    """
     if context.enabled:
+        dist.barrier()
         dist.destroy_process_group()
 
 
