@@ -10,6 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from numerics import HALF_WIDTH, integrate, moment_check
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from scipy import stats
@@ -34,56 +35,11 @@ D64 = torch.float64
 
 
 # ------------------------------------------------------------------------------------------ quadrature
-def gauss_legendre_grid(half_width=10.0, coarse=0.25, fine=0.05, order=8):
-    """Composite 8-point Gauss-Legendre rule on [-10, 10]: panels of 0.25, and of 0.05 on [-0.5, 0.5] where
-    the sparse prior's spike (s.d. 0.05) lives. Every density below is smooth and no narrower than about one
-    panel on its panels, where the 8-point rule (exact to degree 15) errs by far less than 1e-10; halving
-    all panels changes the integrals by less than 1e-12."""
-    breaks = np.unique(
-        np.round(
-            np.concatenate(
-                [np.arange(-half_width, half_width + 1e-9, coarse), np.arange(-0.5, 0.5 + 1e-9, fine)]
-            ),
-            12,
-        )
-    )
-    x, w = np.polynomial.legendre.leggauss(order)
-    a, b = breaks[:-1, None], breaks[1:, None]
-    return (
-        torch.tensor(((b - a) * (x + 1) / 2 + a).ravel(), dtype=D64),
-        torch.tensor(((b - a) * w / 2).ravel(), dtype=D64),
-    )
-
-
-NODES, WEIGHTS = gauss_legendre_grid()
-HALF_WIDTH = 10.0
-# Tolerance: the rule's error (< 1e-12) plus any mass outside [-10, 10]^D that the expected value does not
-# account for. The Student-t's truncated mass is computed exactly below; every other prior has Gaussian
-# tails with s.d. <= 1.3 about locations within 1 of 0, leaving < 1e-20 outside.
+# Tolerance: the error of numerics.gauss_legendre_grid's rule (< 1e-12) plus any mass outside
+# [-10, 10]^D that the expected value does not account for. The Student-t's truncated mass is computed
+# exactly below; every other prior has Gaussian tails with s.d. <= 1.3 about locations within 1 of 0,
+# leaving < 1e-20 outside.
 QUAD_TOL = 1e-8
-
-
-def integrate(d, f=None):
-    dim = d.event_shape[0]
-    if dim == 1:
-        points, w = NODES[:, None], WEIGHTS
-    else:
-        points = torch.stack(torch.meshgrid(NODES, NODES, indexing="ij"), -1)
-        w = WEIGHTS[:, None] * WEIGHTS[None, :]
-    density = d.log_prob(points).exp() * w
-    if f is None:
-        return density.sum()
-    return (f(points) * density.unsqueeze(-1)).sum(tuple(range(density.dim())))
-
-
-def moment_check(samples, mean, variance, k=5.0):
-    """Sample mean and variance within k standard errors of the closed forms: SE(mean) = sqrt(Var / n),
-    SE(variance) = sqrt((m4 − Var²) / n) with m4 the sample 4th central moment."""
-    n = samples.shape[0]
-    centred = samples - samples.mean(0)
-    m2, m4 = centred.pow(2).mean(0), centred.pow(4).mean(0)
-    assert ((samples.mean(0) - mean).abs() < k * (variance / n).sqrt()).all(), (samples.mean(0), mean)
-    assert ((m2 - variance).abs() < k * ((m4 - m2**2) / n).sqrt()).all(), (m2, variance)
 
 
 # ------------------------------------------------------------------------------------------ the priors
