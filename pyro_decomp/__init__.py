@@ -4,11 +4,11 @@ A VAE decomposes well when the encodings of different points *overlap* by the ri
 aggregate encoding q(z) *aligns* with the structure of the prior p(z) (α).
 """
 
-__version__ = "0.1.0"
-
-from pyro_decomp.data import DSprites, Shapes, fashion_mnist, pinwheel  # noqa: E402
-from pyro_decomp.distributions import IndependentSubspaces, SpikeAndSlab, gaussian_mixture  # noqa: E402
-from pyro_decomp.divergences import (  # noqa: E402
+from pyro_decomp.build import build
+from pyro_decomp.config import RunConfig
+from pyro_decomp.data import DSprites, Shapes, fashion_mnist, pinwheel
+from pyro_decomp.distributions import IndependentSubspaces, SpikeAndSlab, gaussian_mixture
+from pyro_decomp.divergences import (
     DIVERGENCES,
     MMD,
     ExclusiveKL,
@@ -17,8 +17,10 @@ from pyro_decomp.divergences import (  # noqa: E402
     RBFKernel,
     build_divergence,
 )
-from pyro_decomp.elbo import DecompositionELBO  # noqa: E402
-from pyro_decomp.metrics import (  # noqa: E402
+from pyro_decomp.elbo import DecompositionELBO
+from pyro_decomp.evaluation import evaluate, load_run
+from pyro_decomp.metrics import (
+    adjusted_rand_index,
     alignment,
     disentanglement_score,
     hoyer_sparsity,
@@ -26,9 +28,11 @@ from pyro_decomp.metrics import (  # noqa: E402
     mig,
     overlap,
 )
-from pyro_decomp.priors import PRIORS, build_prior, pinwheel_mixture  # noqa: E402
-from pyro_decomp.training import RunConfig, Trainer, build, evaluate, resume, train  # noqa: E402
-from pyro_decomp.vae import DecompVAE  # noqa: E402
+from pyro_decomp.priors import PRIORS, build_prior, pinwheel_mixture
+from pyro_decomp.runs import Run
+from pyro_decomp.training import Trainer, resume, train
+from pyro_decomp.vae import DecompVAE
+from pyro_decomp.version import __version__
 
 __all__ = [
     "__version__",
@@ -42,6 +46,8 @@ __all__ = [
     "ExclusiveKL",
     "build_divergence",
     "RunConfig",
+    "Run",
+    "load_run",
     "Trainer",
     "build",
     "train",
@@ -57,6 +63,7 @@ __all__ = [
     "Shapes",
     "DSprites",
     "fashion_mnist",
+    "adjusted_rand_index",
     "alignment",
     "disentanglement_score",
     "hoyer_sparsity",

@@ -1,4 +1,4 @@
-"""The ``pyro-decomp`` command line: ``train`` and ``evaluate`` decomposition VAEs.
+"""The ``pyro-decomp`` command line: ``train``, ``evaluate`` and ``reproduce`` decomposition VAEs.
 
 ``pyro-decomp train`` with no arguments runs the pinwheel clustering experiment of Mathieu et al. (2019,
 §5.2): the 4-component mixture prior, 2-D latents, β = 0 and α = 1 with the inclusive KL, 500 epochs of the
@@ -9,18 +9,42 @@ trains data-parallel on P processes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+
+from pyro_decomp.config import DATASET_DEFAULTS, RESUMABLE, RunConfig, check_device_name, setting_kind
+from pyro_decomp.evaluation import evaluate, write_figures
+from pyro_decomp.experiments import EXPERIMENTS, SCALES, reproduce
+from pyro_decomp.runs import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    EVALUATION_NAME,
+    FIGURES_DIR,
+    METRICS_NAME,
+    CheckpointError,
+    RunLocked,
+    load_config,
+)
+from pyro_decomp.training import NonFiniteLossError, TrainingInterrupted, resume, train
+from pyro_decomp.version import __version__
 
 __all__ = ["build_parser", "main"]
 
 EXIT_INTERRUPTED = 130
 
-# options that keep their meaning when a run is resumed; every other train option comes from config.json
-_RESUME_OPTIONS = ("epochs", "device", "checkpoint_every", "num_workers", "num_threads")
+# older spellings of some flags, still accepted
+_ALIASES = {
+    "num_threads": ("--threads",),
+    "data_options": ("--data-option",),
+    "prior_options": ("--prior-option",),
+    "network_options": ("--network-option",),
+}
+# train flags that steer the command rather than set the run
+_RUN_FLAGS = ("config", "run_dir", "resume", "overwrite", "no_progress", "no_figures", "tensorboard")
 
 
 # ------------------------------------------------------------------------------------------- argument types
@@ -57,43 +81,65 @@ def _key_value(text: str):
 
 
 def _device(text: str) -> str:
-    from pyro_decomp.training import _check_device_name
-
     try:
-        _check_device_name(text)
+        return check_device_name(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults; for settings that depend on the data set, the default of each data set."""
 
     def _get_help_string(self, action):
-        from pyro_decomp.training import DATASET_DEFAULTS
-
         text = action.help or ""
-        if action.default is None and action.dest in DATASET_DEFAULTS["pinwheel"]:
-            groups = {}
+        default = getattr(action, "config_default", argparse.SUPPRESS)
+        if action.dest in DATASET_DEFAULTS["pinwheel"]:
+            groups: Dict[str, List[str]] = {}
             for dataset, values in DATASET_DEFAULTS.items():
                 groups.setdefault(repr(values[action.dest]), []).append(dataset)
             per = "; ".join(f"{'/'.join(names)}: {value}" for value, names in groups.items())
             return f"{text} (default: per data set -- {per})"
+        if default is not argparse.SUPPRESS:
+            return text if default in (None, {}) else f"{text} (default: {default})"
         if action.default is None or action.default is argparse.SUPPRESS or action.default is False:
             return text
         return super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------------------------- parser
+def config_flag(name: str) -> str:
+    """The train flag of a :class:`~pyro_decomp.config.RunConfig` field: its name with dashes."""
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~pyro_decomp.config.RunConfig` field, typed and checked from its metadata."""
+    group = parser.add_argument_group("run settings (one per field of RunConfig)")
+    for f in dataclasses.fields(RunConfig):
+        kind, _ = setting_kind(f)
+        flag = config_flag(f.name)
+        meta = f.metadata
+        kwargs: Dict[str, Any] = {"dest": f.name, "default": None, "help": meta.get("help", "")}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
+            kwargs["help"] += " (KEY=VALUE, VALUE as JSON; repeatable)"
+        elif kind in (int, float):
+            kwargs["type"] = _number(kind, flag[2:], meta.get("minimum"), meta.get("strict"))
+        elif f.name == "device":
+            kwargs["type"] = _device
+        elif meta.get("choices") is not None:
+            kwargs["choices"] = meta["choices"]
+        action = group.add_argument(flag, *_ALIASES.get(f.name, ()), **kwargs)
+        if f.default is not dataclasses.MISSING:
+            action.config_default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            action.config_default = f.default_factory()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from pyro_decomp.divergences import DIVERGENCES
-    from pyro_decomp.priors import PRIORS
-    from pyro_decomp.training import DATASETS, NETWORKS
-    from pyro_decomp.vae import LIKELIHOODS
-
     parser = argparse.ArgumentParser(prog="pyro-decomp", description=__doc__, formatter_class=_HelpFormatter)
-    from pyro_decomp import __version__
-
     parser.add_argument("--version", action="version", version=f"pyro-decomp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,reproduce}")
 
@@ -102,98 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a decomposition VAE (no arguments: the paper's pinwheel clustering run)",
         description="Train a decomposition VAE with the objective of Mathieu et al. (2019, eq. 7): "
         "E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) - alpha D(q(z), p(z)). Settings left out take the data "
-        "set's defaults (the paper's). --resume RUN_DIR continues a run with its own settings; --epochs is "
-        "always the run's total.",
+        "set's defaults (the paper's). --resume RUN_DIR continues a run with its own settings (only "
+        f"{', '.join(config_flag(k) for k in RESUMABLE)} may change); --epochs is always the run's total.",
         formatter_class=_HelpFormatter,
     )
-    data = t.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="pinwheel", help="the data set")
-    data.add_argument(
-        "--data-root", help="directory of the data files (dSprites, Fashion-MNIST, shapes cache)"
-    )
-    data.add_argument(
-        "--data-option",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a keyword argument of the data set, VALUE as JSON (repeatable), e.g. num_per_class=50, "
-        "subsample='{\"orientation\": 8}', download=true",
-    )
-    model = t.add_argument_group("model and objective")
-    model.add_argument("--prior", choices=PRIORS, help="the prior p(z)")
-    model.add_argument(
-        "--prior-option",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a keyword argument of the prior, VALUE as JSON (repeatable), e.g. scale=2.0",
-    )
-    model.add_argument(
-        "--df", type=_number(float, "df", 0.0, strict=True), help="Student-t degrees of freedom"
-    )
-    model.add_argument(
-        "--gamma", type=_number(float, "gamma", 0.0, upper=1.0), help="sparse prior's spike weight"
-    )
-    model.add_argument("--variance", choices=("iso", "pca"), help="Gaussian prior's variances")
-    model.add_argument(
-        "--learn-variance", action="store_true", default=None, help="learn the Gaussian prior's variances"
-    )
-    model.add_argument("--beta", type=_number(float, "beta", 0.0), help="weight of KL(q(z|x) || p(z)), >= 0")
-    model.add_argument("--alpha", type=_number(float, "alpha", 0.0), help="weight of N D(q(z), p(z)), >= 0")
-    model.add_argument("--divergence", choices=DIVERGENCES, help="the estimator of D(q(z), p(z))")
-    model.add_argument(
-        "--global-divergence",
-        action="store_true",
-        default=None,
-        help="under torchrun, estimate D on the encoder samples of all processes",
-    )
-    model.add_argument("--latent-dim", type=_number(int, "latent-dim", 0, strict=True), help="latent size D")
-    model.add_argument("--network", choices=NETWORKS, help="encoder/decoder family")
-    model.add_argument("--likelihood", choices=LIKELIHOODS, help="p(x|z)")
-    model.add_argument(
-        "--likelihood-scale",
-        type=_number(float, "likelihood-scale", 0.0, strict=True),
-        help="Laplace scale / initial Normal scale",
-    )
-    model.add_argument(
-        "--num-particles", type=_number(int, "num-particles", 0, strict=True), help="samples of z per point"
-    )
-    opt = t.add_argument_group("optimisation")
-    opt.add_argument(
-        "--epochs",
-        type=_number(int, "epochs", 0, strict=True),
-        help="total epochs of the run (also on resume)",
-    )
-    opt.add_argument(
-        "--batch-size", type=_number(int, "batch-size", 1, strict=True), help="minibatch size per process"
-    )
-    opt.add_argument("--lr", type=_number(float, "lr", 0.0, strict=True), help="Adam (amsgrad) learning rate")
-    opt.add_argument("--seed", type=_number(int, "seed", 0), help="random seed (default 0)")
-    opt.add_argument(
-        "--device", type=_device, help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)"
-    )
-    opt.add_argument(
-        "--num-workers", type=_number(int, "num-workers", 0), help="DataLoader workers (default 0)"
-    )
-    opt.add_argument(
-        "--threads",
-        dest="num_threads",
-        type=_number(int, "threads", 0, strict=True),
-        help="torch CPU threads (None: torch's default)",
-    )
     run = t.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE", help="start from a config file (the format of config.json)")
     run.add_argument("--run-dir", help="where to write the run (default runs/DATASET-DATE-TIME)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     run.add_argument(
-        "--checkpoint-every",
-        type=_number(int, "checkpoint-every", 0, strict=True),
-        help="epochs between checkpoints",
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in --run-dir, once the new run is built (the old run stays if it fails)",
     )
-    run.add_argument("--overwrite", action="store_true", help="reuse a --run-dir that already holds a run")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-figures", action="store_true", help="draw no figures at the end")
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log scalars per epoch and the figures to RUN_DIR/tensorboard (needs pip install 'pyro-decomp"
+        "[tensorboard]')",
+    )
+    _add_config_flags(t)
     t.set_defaults(func=_train, subparser=t)
 
     e = sub.add_parser(
@@ -232,47 +208,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--seed", type=_number(int, "seed", 0), default=0, help="seed of the subsets and samples")
     e.add_argument("--no-figures", action="store_true", help="write no figures")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_evaluate, subparser=e)
-    from pyro_decomp.experiments import add_reproduce_parser
 
-    add_reproduce_parser(sub)
+    r = sub.add_parser(
+        "reproduce",
+        help="run the paper's experiments and write a markdown report",
+        description="Run the paper's clustering, independence and sparsity experiments at a scale and write "
+        "OUT/report.md with tables, figures and whether each claim held.",
+    )
+    r.add_argument("experiment", choices=EXPERIMENTS + ("all",), help="which experiment")
+    r.add_argument(
+        "--scale",
+        choices=SCALES,
+        required=True,
+        help="smoke: seconds (a plumbing check); cpu: about an hour in all on a 2-core CPU; paper: the "
+        "paper's settings (for a GPU)",
+    )
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the scale's)")
+    r.add_argument(
+        "--data-root",
+        default=None,
+        help="directory of dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz and FashionMNIST/raw/ (without "
+        "them the procedural shapes stand in)",
+    )
+    r.add_argument("--progress", action="store_true", help="show training progress bars")
+    r.add_argument(
+        "--threads",
+        type=_number(int, "threads", 0, strict=True),
+        default=None,
+        help="torch CPU threads (default: torch's own; 1 is best on a shared CPU)",
+    )
+    r.set_defaults(func=_reproduce, subparser=r)
     return parser
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _config_from_args(args):
-    from pyro_decomp.training import RunConfig
-
-    prior_options = dict(args.prior_option)
-    for flag in ("df", "gamma", "variance", "learn_variance"):
-        value = getattr(args, flag)
+def _given(args) -> Dict[str, Any]:
+    """The RunConfig settings given on the command line (dict settings as dicts)."""
+    given = {}
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(args, f.name)
         if value is not None:
-            prior_options[flag] = value
-    values = dict(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        data_options=dict(args.data_option),
-        prior=args.prior,
-        prior_options=prior_options,
-        beta=args.beta,
-        alpha=args.alpha,
-        divergence=args.divergence,
-        global_divergence=bool(args.global_divergence),
-        latent_dim=args.latent_dim,
-        network=args.network,
-        likelihood=args.likelihood,
-        likelihood_scale=args.likelihood_scale,
-        num_particles=args.num_particles,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        num_workers=args.num_workers,
-        num_threads=args.num_threads,
-    )
-    return RunConfig(**{k: v for k, v in values.items() if v is not None})
+            given[f.name] = dict(value) if setting_kind(f)[0] is dict else value
+    return given
+
+
+def _config_from_args(args) -> RunConfig:
+    """The run's configuration: the ``--config`` file (if any), then the flags given over it."""
+    values: Dict[str, Any] = {}
+    if args.config:
+        values = load_config(args.config).to_dict()
+        values.pop("pyro_decomp_version", None)
+    for key, value in _given(args).items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) and key in values else value
+    return RunConfig.from_dict(values)
 
 
 def _default_run_dir(dataset: str) -> str:
@@ -283,141 +274,114 @@ def _default_run_dir(dataset: str) -> str:
     return path
 
 
-def _given_with_resume(args) -> List[str]:
-    """Train options given on the command line that a resumed run takes from its config.json instead."""
-    ignored = set(_RESUME_OPTIONS) | {"resume", "no_progress", "no_figures", "func", "subparser", "command"}
-    given = []
-    for key, value in vars(args).items():
-        if key in ignored:
-            continue
-        if key == "dataset":
-            if value != "pinwheel":
-                given.append("--dataset")
-        elif value not in (None, [], False):
-            given.append("--" + key.replace("_", "-"))
-    return given
+def _resume_changes(args, run_dir: str) -> Dict[str, Any]:
+    """The settings a resume changes; a flag for any other setting that differs from the run's is an error."""
+    if args.config:
+        raise ValueError("--config cannot be given with --resume: a resumed run keeps its own config.json")
+    saved = load_config(run_dir)
+    given = _given(args)
+    refused = [
+        config_flag(key)
+        for key, value in given.items()
+        if key not in RESUMABLE
+        and value != getattr(saved, key)
+        and not (isinstance(value, dict) and {**getattr(saved, key), **value} == getattr(saved, key))
+    ]
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} cannot be changed when resuming: a resumed run keeps the settings of "
+            f"{os.path.join(run_dir, CONFIG_NAME)} (only {', '.join(config_flag(k) for k in RESUMABLE)} may "
+            "be given)"
+        )
+    return {k: v for k, v in given.items() if k in RESUMABLE}
+
+
+def _callbacks(args, run_dir: str) -> list:
+    if not args.tensorboard:
+        return []
+    from pyro_decomp.callbacks import TensorBoardCallback
+
+    return [TensorBoardCallback(os.path.join(run_dir, "tensorboard"))]
 
 
 def _train(args, parser) -> int:
-    import pyro_decomp.training as training
-    from pyro_decomp.distributed import init_distributed, shutdown
-
-    if args.resume:
-        given = _given_with_resume(args)
-        if given:
-            parser.error(
-                f"{', '.join(given)} cannot be changed when resuming: a resumed run keeps the settings of "
-                f"{os.path.join(args.resume, training.CONFIG_NAME)} (only --epochs, --device, "
-                "--checkpoint-every, --num-workers and --threads may be given)"
-            )
-        try:
-            config = training.RunConfig.load(args.resume)
-        except (FileNotFoundError, ValueError) as e:
-            parser.error(f"--resume {args.resume}: {e}")
-        changes = {k: getattr(args, k) for k in _RESUME_OPTIONS if getattr(args, k) is not None}
-        run_dir = args.resume
-        if not os.path.exists(os.path.join(run_dir, training.CHECKPOINT_NAME)):
-            parser.error(f"--resume {run_dir}: no checkpoint ({training.CHECKPOINT_NAME}) in that directory")
-    else:
-        try:
-            config = _config_from_args(args)
-        except ValueError as e:
-            parser.error(str(e))
-        changes = {}
-        run_dir = args.run_dir or _default_run_dir(config.dataset)
-        if (
-            not args.overwrite
-            and os.path.isdir(run_dir)
-            and any(
-                os.path.exists(os.path.join(run_dir, name))
-                for name in (training.CONFIG_NAME, training.CHECKPOINT_NAME)
-            )
-        ):
-            parser.error(
-                f"--run-dir {run_dir} already holds a run: continue it with --resume {run_dir}, "
-                "or pass --overwrite, or choose another directory"
-            )
-    epochs = changes.pop("epochs", None)
-    try:
-        config = config.replace(**changes)
-        device = training.resolve_device(config.device)
-    except ValueError as e:
-        parser.error(str(e))
-
-    context = init_distributed(device)
-    main = context.is_main
     progress = not args.no_progress
     start = time.perf_counter()
     try:
         if args.resume:
-            if main:
-                state = training.load_checkpoint(os.path.join(run_dir, training.CHECKPOINT_NAME))
-                print(
-                    f"resuming {run_dir} from epoch {state['epoch']} (step {state['step']})", file=sys.stderr
-                )
-            trainer = training.resume(
-                run_dir, epochs, device=config.device, progress=progress, context=context
-            )
+            run_dir = args.resume
+            changes = _resume_changes(args, run_dir)
+            result = resume(run_dir, changes, progress=progress, callbacks=_callbacks(args, run_dir))
         else:
-            if main and args.overwrite:
-                for name in (training.CHECKPOINT_NAME, training.METRICS_NAME, training.EVALUATION_NAME):
-                    if os.path.exists(os.path.join(run_dir, name)):
-                        os.remove(os.path.join(run_dir, name))
-            trainer = training.train(config, run_dir, progress=progress, context=context)
-    except training.TrainingInterrupted as e:
-        if main:
-            print(f"pyro-decomp: {e}", file=sys.stderr)
-            if e.checkpoint:
-                print(f"continue with: pyro-decomp train --resume {run_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (training.NonFiniteLossError, training.CheckpointError) as e:
-        if main:
-            print(f"pyro-decomp: error: {e}", file=sys.stderr)
+            config = _config_from_args(args)
+            run_dir = args.run_dir or _default_run_dir(config.dataset)
+            result = train(
+                config,
+                run_dir,
+                progress=progress,
+                overwrite=args.overwrite,
+                callbacks=_callbacks(args, run_dir),
+            )
+    except TrainingInterrupted as e:
+        print(f"pyro-decomp: {e}", file=sys.stderr)
+        if e.checkpoint:
+            print(f"continue with: pyro-decomp train --resume {args.resume or run_dir}", file=sys.stderr)
+        return 128 + int(e.signal)
+    except (NonFiniteLossError, CheckpointError, RunLocked) as e:
+        print(f"pyro-decomp: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:
-        if main:
-            print(f"pyro-decomp: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)
         return 2
-    finally:
-        shutdown(context)
-    if not main:
+    if int(os.environ.get("RANK", "0")) != 0:  # a process of rank > 0 under torchrun
         return 0
-
     figures = {}
     if not args.no_figures:
         try:
-            figures = training.write_figures(
-                trainer.vae,
-                trainer.config,
-                trainer.train_set,
-                os.path.join(run_dir, training.FIGURES_DIR),
-                metrics_path=trainer.metrics_path,
+            figures = write_figures(
+                result.vae,
+                result.config,
+                result.train_set,
+                os.path.join(run_dir, FIGURES_DIR),
+                metrics_path=os.path.join(run_dir, METRICS_NAME),
                 kinds=("aggregate_posterior", "training_curves"),
-                seed=trainer.config.seed,
+                seed=result.config.seed,
             )
-        except ImportError as e:  # matplotlib missing: the run itself is complete
-            print(f"pyro-decomp: no figures ({e})", file=sys.stderr)
-    last = trainer.history[-1] if trainer.history else {}
-    print(f"trained {trainer.epoch} epochs in {time.perf_counter() - start:.1f} s", end="")
+        except (ImportError, OSError) as e:  # the run itself is complete
+            print(f"pyro-decomp: no figures ({_message(e)})", file=sys.stderr)
+    last = result.metrics[-1] if result.metrics else {}
+    print(
+        f"trained {result.trained_epochs} epochs in {time.perf_counter() - start:.1f} s "
+        f"(epoch {result.epoch} of {result.config.epochs})",
+        end="",
+    )
     print(f"; final loss per data point {last['loss']:.4f}" if "loss" in last else "")
     print(f"run directory: {run_dir}")
-    print(f"  config:      {os.path.join(run_dir, training.CONFIG_NAME)}")
-    print(f"  checkpoint:  {trainer.checkpoint_path}")
-    print(f"  metrics:     {trainer.metrics_path}")
+    print(f"  config:      {os.path.join(run_dir, CONFIG_NAME)}")
+    print(f"  checkpoint:  {os.path.join(run_dir, CHECKPOINT_NAME)}")
+    print(f"  metrics:     {os.path.join(run_dir, METRICS_NAME)}")
     for name, path in figures.items():
         print(f"  figure:      {path} ({name.replace('_', ' ')})")
     print(f"evaluate it with: pyro-decomp evaluate {run_dir}")
     return 0
 
 
+def _message(error: BaseException) -> str:
+    """One line for an error: the message, or for an OSError its description and file."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 def _evaluate(args, parser) -> int:
-    import pyro_decomp.training as training
-
     if not os.path.isdir(args.run_dir):
-        parser.error(f"RUN_DIR {args.run_dir} is not a directory")
+        print(f"pyro-decomp: error: RUN_DIR {args.run_dir} is not a directory", file=sys.stderr)
+        return 1
     try:
-        result = training.evaluate(
+        result = evaluate(
             args.run_dir,
             device=args.device,
             max_points=args.max_points,
@@ -427,22 +391,60 @@ def _evaluate(args, parser) -> int:
             votes_size=args.votes_size,
             seed=args.seed,
             figures=not args.no_figures,
+            progress=not args.no_progress,
         )
-    except (training.CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"pyro-decomp: error: {e}", file=sys.stderr)
+    except (CheckpointError, RunLocked, NonFiniteLossError, ValueError, OSError) as e:
+        print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)
         return 1
-    shown = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for key, value in shown.items():
-        print(f"{key:>30}: {value:.6g}" if isinstance(value, float) else f"{key:>30}: {value}")
-    print(f"{'iwae_log_likelihood':>30}: {result['iwae_log_likelihood']['mean']:.6g}")
-    print(f"evaluation written to {os.path.join(args.run_dir, training.EVALUATION_NAME)}")
+    for key, value in _summary(result):
+        print(f"{key:>34}: {value:.6g}" if isinstance(value, float) else f"{key:>34}: {value}")
+    print(f"evaluation written to {os.path.join(args.run_dir, EVALUATION_NAME)}")
     for name, path in result.get("figures", {}).items():
         print(f"  figure: {path} ({name.replace('_', ' ')})")
     return 0
 
 
+def _summary(result: Dict[str, Any]):
+    """The numbers of ``evaluation.json`` a reader looks at first, as (label, value) pairs."""
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+    yield "iwae_log_likelihood", result["iwae_log_likelihood"]["mean"]
+    for key, value in result.get("overlap", {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"overlap: {key}", value
+    alignment = result.get("alignment", {})
+    if alignment.get("value") is not None:
+        yield f"alignment: {alignment['divergence']}", alignment["value"]
+
+
+# ---------------------------------------------------------------------------------------------- reproduce
+def _reproduce(args, parser) -> int:
+    """Exit status: 0 when the report is written, 2 for a bad setting, 130 when interrupted (finished and
+    interrupted runs keep their checkpoints, and the same command resumes them)."""
+    try:
+        path = reproduce(
+            args.experiment,
+            args.scale,
+            args.out,
+            seeds=args.seeds,
+            data_root=args.data_root,
+            progress=args.progress,
+            threads=args.threads,
+        )
+    except TrainingInterrupted as e:
+        print(f"pyro-decomp: {e}; run the same command again to resume", file=sys.stderr)
+        return 128 + int(e.signal)
+    except (ValueError, OSError, CheckpointError, RunLocked) as e:
+        print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)
+        return 2
+    print(f"report written to {path}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``pyro-decomp``; returns the exit status (0 ok, 1 failed, 2 usage, 130 interrupted)."""
+    """Entry point of ``pyro-decomp``; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 stopped by
+    SIGINT/SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

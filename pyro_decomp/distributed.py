@@ -36,6 +36,7 @@ import torch.distributed as dist
 __all__ = [
     "DistributedContext",
     "GatheredDivergence",
+    "all_gather_objects",
     "all_reduce_mean",
     "average_gradients",
     "broadcast_module",
@@ -124,6 +125,19 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(dist.get_world_size())
     return tensor
+
+
+def all_gather_objects(value) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every process (``[value]`` when not distributed).
+
+    For small plain values such as random number generator states; they travel pickled between the processes
+    of one job, never through a file.
+    """
+    if not _initialised():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def average_gradients(params: Iterable[torch.Tensor]) -> None:

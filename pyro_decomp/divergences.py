@@ -50,6 +50,7 @@ __all__ = [
     "InclusiveKL",
     "ExclusiveKL",
     "DIVERGENCES",
+    "DIVERGENCE_NAMES",
     "build_divergence",
     "prior_draws",
 ]
@@ -639,6 +640,7 @@ _BUILDERS = {
     "inclusive-kl": InclusiveKL,
     "exclusive-kl": ExclusiveKL,
 }
+DIVERGENCE_NAMES = tuple(_BUILDERS)  # every name that build_divergence accepts
 
 
 def build_divergence(divergence: Union[str, Callable]) -> Callable:

@@ -5,7 +5,8 @@ Disentanglement and sparsity (what the paper reports, Mathieu et al., 2019, §5)
 * :func:`disentanglement_score` -- Kim & Mnih (2018), as evaluated in the paper;
 * :func:`mig` -- the mutual information gap of Chen et al. (2018);
 * :func:`hoyer_sparsity` -- the normalised Hoyer measure of the paper's sparsity experiment;
-* :func:`iwae_log_likelihood` -- the importance-weighted bound on log p(x) (Burda et al., 2016).
+* :func:`iwae_log_likelihood` -- the importance-weighted bound on log p(x) (Burda et al., 2016);
+* :func:`adjusted_rand_index` -- agreement of two partitions (the clustering experiment's clusters vs arms).
 
 The two factors of a decomposition (§3):
 
@@ -28,7 +29,11 @@ import pyro.distributions as dist
 import torch
 import torch.distributions as tdist
 
+from pyro_decomp.data.indexing import first_tensor, take
+from pyro_decomp.util import module_device, seeded
+
 __all__ = [
+    "adjusted_rand_index",
     "alignment",
     "disentanglement_score",
     "hoyer_sparsity",
@@ -499,6 +504,53 @@ def hoyer_sparsity(codes, normalise: bool = True) -> float:
     return float(values.mean())
 
 
+# ---------------------------------------------------------------------------------------------- partitions
+def adjusted_rand_index(labels_true, labels_pred) -> float:
+    r"""The adjusted Rand index (Hubert & Arabie, 1985) between two partitions of the same N points.
+
+    With the contingency table n_{ij} (points in class i of the first partition and cluster j of the second),
+    row sums a_i, column sums b_j and C(m) = m(m − 1)/2 the number of pairs among m points,
+
+    .. math::
+
+        \mathrm{ARI} = \frac{\sum_{ij} C(n_{ij}) - E}{\tfrac12 [\sum_i C(a_i) + \sum_j C(b_j)] - E},
+        \qquad E = \frac{\sum_i C(a_i) \sum_j C(b_j)}{C(N)},
+
+    the Rand index corrected for chance: 1 for identical partitions (up to relabelling), about 0 for
+    independent ones, and negative for less agreement than chance. When both partitions are the trivial one
+    (one cluster, or all singletons) the denominator is 0 and the value is 1.
+
+    :param labels_true: integer labels ``(N,)`` (any values; only equality matters).
+    :param labels_pred: integer labels ``(N,)``.
+    :returns: the index as a float.
+    """
+    a = torch.as_tensor(labels_true)
+    b = torch.as_tensor(labels_pred)
+    for name, t in (("labels_true", a), ("labels_pred", b)):
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex:
+            raise ValueError(f"{name} must be a 1-D integer tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    if a.shape != b.shape:
+        raise ValueError(f"labels_true and labels_pred must have the same length, got {len(a)} and {len(b)}")
+    n = a.shape[0]
+    if n < 2:
+        raise ValueError(f"the adjusted Rand index needs at least 2 points, got {n}")
+    _, ai = torch.unique(a, return_inverse=True)
+    _, bi = torch.unique(b, return_inverse=True)
+    na, nb = int(ai.max()) + 1, int(bi.max()) + 1
+    table = torch.bincount(ai * nb + bi, minlength=na * nb).reshape(na, nb).double()
+
+    def pairs(m: torch.Tensor) -> torch.Tensor:
+        return (m * (m - 1) / 2).sum()
+
+    index = pairs(table)
+    rows, cols = pairs(table.sum(1)), pairs(table.sum(0))
+    expected = rows * cols / (n * (n - 1) / 2)
+    maximum = (rows + cols) / 2
+    if float(maximum - expected) == 0.0:
+        return 1.0
+    return float((index - expected) / (maximum - expected))
+
+
 # ---------------------------------------------------------------------------------------------- VAE helpers
 class _evaluating:
     """``no_grad`` and eval mode for a module; the previous mode is restored on exit."""
@@ -516,31 +568,6 @@ class _evaluating:
     def __exit__(self, *exc):
         self.module.train(self.was_training)
         return self._grad.__exit__(*exc)
-
-
-class _seeded:
-    """Run with the global RNG seeded from ``generator`` (if given), restoring the global state on exit."""
-
-    def __init__(self, generator: Optional[torch.Generator]):
-        self.generator = generator
-
-    def __enter__(self):
-        if self.generator is None:
-            return
-        seed = int(torch.randint(0, 2**62, (), generator=self.generator))
-        self._ctx = torch.random.fork_rng(devices=[])
-        self._ctx.__enter__()
-        torch.manual_seed(seed)
-
-    def __exit__(self, *exc):
-        if self.generator is not None:
-            return self._ctx.__exit__(*exc)
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def iwae_log_likelihood(
@@ -590,19 +617,6 @@ def iwae_log_likelihood(
     return torch.cat(out)
 
 
-def _first_tensor(batch):
-    if torch.is_tensor(batch):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and torch.is_tensor(batch[0]):
-        return batch[0]
-    if isinstance(batch, dict) and "x" in batch:
-        return batch["x"]
-    raise ValueError(
-        "data items must be input tensors, (input, ...) tuples or dicts with key 'x', "
-        f"got {type(batch).__name__}"
-    )
-
-
 def _encode(vae, data, max_points: int, generator: Optional[torch.Generator], batch_size: int):
     """Encoder ``(loc, scale)`` of at most ``max_points`` points of ``data``.
 
@@ -610,7 +624,7 @@ def _encode(vae, data, max_points: int, generator: Optional[torch.Generator], ba
     ``Dataset`` (likewise, indexed), or any iterable of batches such as a ``DataLoader`` (its first
     ``max_points`` points, in the loader's order).
     """
-    device = _module_device(vae)
+    device = module_device(vae)
     locs, scales = [], []
     if torch.is_tensor(data):
         n = data.shape[0]
@@ -622,10 +636,9 @@ def _encode(vae, data, max_points: int, generator: Optional[torch.Generator], ba
     elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
         n = len(data)
         chosen = torch.randperm(n, generator=generator)[:max_points] if n > max_points else torch.arange(n)
-        subset = torch.utils.data.Subset(data, chosen.tolist())
-        batches = (_first_tensor(b) for b in torch.utils.data.DataLoader(subset, batch_size=batch_size))
+        batches = (take(data, chosen[i : i + batch_size])[0] for i in range(0, len(chosen), batch_size))
     else:
-        batches = (_first_tensor(b) for b in data)
+        batches = (first_tensor(b) for b in data)
     count = 0
     for xb in batches:
         xb = xb[: max_points - count].to(device)
@@ -727,7 +740,7 @@ def alignment(
         raise ValueError(
             f"divergence must be a name or a callable estimator, got {type(divergence).__name__}"
         )
-    with _evaluating(vae), _seeded(generator):
+    with _evaluating(vae), seeded(generator):
         loc, scale = _encode(vae, data, num_samples, generator, batch_size or 256)
         step = loc.shape[0] if batch_size is None else batch_size
         prior = vae.prior_distribution()

@@ -108,24 +108,62 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """Fully connected decoder ``z (..., latent_dim) -> params (..., *out_shape)``.
+    """Fully connected decoder ``z (..., latent_dim) -> params``, any number of leading dims.
 
-    The output is unconstrained: a location for ``"normal"``/``"laplace"`` likelihoods or logits for
-    ``"bernoulli"``.
+    With ``scale="global"`` (default) it returns one unconstrained tensor of shape ``(..., *out_shape)``: a
+    location for ``"normal"``/``"laplace"`` likelihoods (whose scale is then global, held by the VAE) or
+    logits for ``"bernoulli"``.
+
+    With ``scale="decoder"`` it also predicts the likelihood's scale per data point, as the paper's pinwheel
+    decoder does: two linear heads on the last hidden layer h(z),
+
+        loc(z) = W_μ h(z) + b_μ,    scale(z) = softplus(W_σ h(z) + b_σ) + 1e-4,
+
+    returned as the pair ``(loc, scale)``, each ``(..., *out_shape)``, and the likelihood is
+    p(x|z) = Π_i Lik(x_i; loc_i(z), scale_i(z)). The paper's head is a bare softplus (it starts near
+    softplus(0) = log 2 ≈ 0.69); here :func:`positive_scale` adds a floor of 1e-4, because in float32
+    softplus underflows to exactly 0 below about -104 and a zero scale is not a valid Normal or Laplace.
+    The location head and the hidden layers are those of ``scale="global"`` (same parameter names, the same
+    values from the same seed); the scale head is ``raw_scale``.
+
+    :param latent_dim: D, the size of z's last dimension.
+    :param out_shape: shape of one observation (an int for vectors).
+    :param hidden: sizes of the hidden layers (default one layer of 100 units, as for pinwheel); with none,
+        both heads act on z.
+    :param activation: activation module class between layers.
+    :param scale: ``"global"`` or ``"decoder"``; the attribute ``predicts_scale`` is ``scale == "decoder"``
+        (:class:`~pyro_decomp.vae.DecompVAE` reads it).
     """
 
+    SCALES = ("global", "decoder")
+
     def __init__(
-        self, latent_dim: int, out_shape: Shape, hidden: Sequence[int] = (100,), activation: type = nn.ReLU
+        self,
+        latent_dim: int,
+        out_shape: Shape,
+        hidden: Sequence[int] = (100,),
+        activation: type = nn.ReLU,
+        scale: str = "global",
     ):
         super().__init__()
+        if scale not in self.SCALES:
+            raise ValueError(f"scale must be one of {self.SCALES}, got {scale!r}")
         self.latent_dim = _check_dim("latent_dim", latent_dim)
         self.out_shape = _as_shape(out_shape)
+        self.scale = scale
+        self.predicts_scale = scale == "decoder"
         sizes = [self.latent_dim, *[_check_dim("hidden size", h) for h in hidden], math.prod(self.out_shape)]
         self.net = _mlp(sizes, activation)
+        if self.predicts_scale:
+            self.raw_scale = nn.Linear(sizes[-2], sizes[-1])
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         _check_latent(self, z, self.latent_dim)
-        return self.net(z).reshape(*z.shape[:-1], *self.out_shape)
+        shape = (*z.shape[:-1], *self.out_shape)
+        if not self.predicts_scale:
+            return self.net(z).reshape(shape)
+        h = self.net[:-1](z)
+        return self.net[-1](h).reshape(shape), positive_scale(self.raw_scale(h)).reshape(shape)
 
 
 class ConvEncoder64(nn.Module):

@@ -7,6 +7,10 @@ returns ``path``. Figures are drawn on matplotlib's Agg canvas directly (``matpl
 figure registry untouched, and are freed as soon as the function returns. The PNG is exactly
 ``round(figsize[0] * dpi) x round(figsize[1] * dpi)`` pixels (no tight bounding box); each function states
 its default ``figsize``.
+
+Every figure reads without the code: it has a title, every axis that carries a quantity is labelled with it
+(and its unit where there is one), the rows of image grids say what they show, and matplotlib's constrained
+layout keeps all text inside the image at the default size.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 __all__ = [
     "latent_traversal",
@@ -38,6 +43,9 @@ FigSize = Optional[Tuple[float, float]]
 
 #: inches per image in the image grids
 CELL = 0.8
+
+#: the prior's density contours in :func:`plot_aggregate_posterior`, as fractions of its maximum on the grid
+CONTOUR_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -57,7 +65,8 @@ def _figure(figsize: Tuple[float, float], dpi: float) -> Figure:
         raise ValueError(f"figsize must be two positive numbers (inches), got {figsize!r}")
     if not dpi > 0:
         raise ValueError(f"dpi must be positive, got {dpi!r}")
-    fig = Figure(figsize=tuple(float(s) for s in figsize), dpi=dpi)
+    fig = Figure(figsize=tuple(float(s) for s in figsize), dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(w_pad=2 / 72, h_pad=2 / 72)
     FigureCanvasAgg(fig)
     return fig
 
@@ -111,6 +120,21 @@ def _show(ax, canvas: np.ndarray) -> None:
     ax.set_axis_off()
 
 
+def _label_rows(ax, centres: Sequence[float], labels: Sequence[str], fontsize: float = 8) -> None:
+    """Name the rows of an image grid drawn by :func:`_show` with tick labels on its left, without a frame."""
+    ax.set_axis_on()
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_yticks(list(centres))
+    ax.set_yticklabels(list(labels), fontsize=fontsize)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+
+
+def _coordinate(name: str, d: int) -> str:
+    return f"${name}_{{{d}}}$"
+
+
 def _check_ncol(ncol) -> int:
     if isinstance(ncol, bool) or int(ncol) != ncol or ncol < 1:
         raise ValueError(f"ncol must be a positive integer, got {ncol!r}")
@@ -124,9 +148,10 @@ def plot_reconstructions(
     """Originals against their reconstructions.
 
     Images (``(n, H, W)`` or ``(n, C, H, W)``, C in {1, 3}, values in [0, 1]): rows of ``ncol`` originals,
-    each followed by the row of their reconstructions; default figsize ``(ncol * CELL, 2 * ceil(n / ncol)
-    * CELL)``. 2-D points ``(n, 2)``: both point sets, each original joined to its reconstruction by a
-    segment; default figsize ``(5, 5)``.
+    each followed by the row of their reconstructions, the rows labelled "data" and "reconstruction";
+    default figsize ``(ncol * CELL, 2 * ceil(n / ncol) * CELL)``. 2-D points ``(n, 2)``: both point sets,
+    each original joined to its reconstruction by a segment, told apart by the legend; default figsize
+    ``(5, 5)``.
     """
     if _is_points(originals):
         a, b = _numpy(originals, "originals"), _numpy(reconstructions, "reconstructions")
@@ -139,7 +164,10 @@ def plot_reconstructions(
         ax.scatter(a[:, 0], a[:, 1], s=6, label="data")
         ax.scatter(b[:, 0], b[:, 1], s=6, label="reconstruction")
         ax.set_aspect("equal", adjustable="datalim")
-        ax.legend(loc="upper right")
+        ax.set_xlabel(_coordinate("x", 0))
+        ax.set_ylabel(_coordinate("x", 1))
+        ax.set_title("data and their reconstructions")
+        ax.legend(loc="best", fontsize=8, markerscale=2)
         return _save(fig, path)
     a, b = _as_images(originals, "originals"), _as_images(reconstructions, "reconstructions")
     if a.shape != b.shape:
@@ -152,7 +180,11 @@ def plot_reconstructions(
     # interleave: originals of row r, then their reconstructions
     paired = np.stack([a.reshape(shape), b.reshape(shape)], axis=1).reshape((-1,) + a.shape[1:])
     fig = _figure(figsize or (ncol * CELL, 2 * rows * CELL), dpi)
-    _show(fig.add_axes((0, 0, 1, 1)), _tile(paired, ncol))
+    ax = fig.add_subplot()
+    _show(ax, _tile(paired, ncol))
+    h = a.shape[1]
+    _label_rows(ax, [1 + r * (h + 1) + h / 2 for r in range(2 * rows)], ["data", "reconstruction"] * rows)
+    ax.set_title("data and their reconstructions", fontsize=10)
     return _save(fig, path)
 
 
@@ -164,18 +196,24 @@ def plot_samples(
     Images: a grid of ``ncol`` columns, default figsize ``(ncol * CELL, ceil(n / ncol) * CELL)``. 2-D
     points ``(n, 2)``: a scatter plot, default figsize ``(5, 5)``.
     """
+    title = "samples from the model"
     if _is_points(samples):
         a = _numpy(samples, "samples")
         fig = _figure(figsize or (5, 5), dpi)
         ax = fig.add_subplot()
         ax.scatter(a[:, 0], a[:, 1], s=4)
         ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel(_coordinate("x", 0))
+        ax.set_ylabel(_coordinate("x", 1))
+        ax.set_title(title)
         return _save(fig, path)
     a = _as_images(samples, "samples")
     ncol = _check_ncol(ncol)
     rows = math.ceil(a.shape[0] / ncol)
     fig = _figure(figsize or (ncol * CELL, rows * CELL), dpi)
-    _show(fig.add_axes((0, 0, 1, 1)), _tile(a, ncol))
+    ax = fig.add_subplot()
+    _show(ax, _tile(a, ncol))
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -221,6 +259,9 @@ def plot_traversals(
 ) -> PathLike:
     """Latent traversals, one row per latent dimension (e.g. from :func:`latent_traversal`).
 
+    Rows are labelled with their latent dimension, columns with the value the traversed coordinate takes
+    (left to right, increasing, when ``values`` is not given).
+
     :param images: ``(R, S, H, W)`` or ``(R, S, C, H, W)``: R dimensions, S values each.
     :param values: the S traversed values, written under the columns (optional).
     :param dims: the dimension of each row, for the row labels (default ``0..R-1``).
@@ -235,24 +276,22 @@ def plot_traversals(
     dims = list(range(rows)) if dims is None else list(dims)
     if len(dims) != rows:
         raise ValueError(f"dims has {len(dims)} entries for {rows} rows of images")
-    width, height = figsize or (steps * CELL + 0.6, rows * CELL + 0.4)
-    fig = _figure((width, height), dpi)
-    ax = fig.add_axes((0.6 / width, 0.4 / height, 1 - 0.6 / width, 1 - 0.4 / height))
-    _show(ax, _tile(tiles, steps))
-    ax.set_axis_on()
-    for side in ("top", "right", "bottom", "left"):
-        ax.spines[side].set_visible(False)
-    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(rows)])
-    ax.set_yticklabels([f"z{d}" for d in dims])
     if values is not None:
         values = _numpy(values, "values").reshape(-1)
         if values.size != steps:
             raise ValueError(f"values has {values.size} entries for {steps} columns")
+    fig = _figure(figsize or (steps * CELL + 0.6, rows * CELL + 0.4), dpi)
+    ax = fig.add_subplot()
+    _show(ax, _tile(tiles, steps))
+    _label_rows(ax, [1 + r * (h + 1) + h / 2 for r in range(rows)], [_coordinate("z", d) for d in dims])
+    if values is not None:
         ax.set_xticks([1 + s * (w + 1) + w / 2 for s in range(steps)])
         ax.set_xticklabels([f"{v:.3g}" for v in values], fontsize=7)
+        ax.set_xlabel("value of the traversed latent coordinate", fontsize=8)
     else:
-        ax.set_xticks([])
-    ax.tick_params(length=0)
+        ax.set_xlabel("value of the traversed latent coordinate (increasing \u2192)", fontsize=8)
+    ax.set_ylabel("latent dimension", fontsize=8)
+    ax.set_title("latent traversals", fontsize=10)
     return _save(fig, path)
 
 
@@ -306,15 +345,17 @@ def plot_aggregate_posterior(
             density = prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
         fig = _figure(figsize or (9, 4), dpi)
         extent = (xs[0], xs[-1], ys[0], ys[-1])
-        for i, (image, title) in enumerate(((hist, "aggregate encoding q(z)"), (density, "prior p(z)"))):
+        panels = ((hist, "aggregate encoding q(z), contours of p(z)"), (density, "prior p(z)"))
+        levels = _contour_levels(density)
+        for i, (image, title) in enumerate(panels):
             ax = fig.add_subplot(1, 2, i + 1)
-            ax.imshow(image.T, origin="lower", extent=extent, aspect="auto", cmap="viridis")
-            if i == 0:
-                ax.contour(cx, cy, density.T, levels=6, colors="white", linewidths=0.7)
-            ax.set_title(title)
-            ax.set_xlabel("z0")
-            ax.set_ylabel("z1")
-        fig.subplots_adjust(wspace=0.3, bottom=0.14)
+            shown = ax.imshow(image.T, origin="lower", extent=extent, aspect="auto", cmap="viridis")
+            if i == 0 and levels.size:
+                ax.contour(cx, cy, density.T, levels=levels, colors="white", linewidths=0.7)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(_coordinate("z", 0))
+            ax.set_ylabel(_coordinate("z", 1))
+            fig.colorbar(shown, ax=ax, label="density")
         return _save(fig, path)
     ncol = min(dim, 4)
     nrow = math.ceil(dim / ncol)
@@ -326,12 +367,29 @@ def plot_aggregate_posterior(
         edges = np.linspace(lo, hi, bins + 1) if hi > lo else bins
         ax.hist(z[:, d], bins=edges, density=True, alpha=0.6, label="q(z)")
         ax.hist(draws[:, d], bins=edges, density=True, histtype="step", color="k", label="p(z)")
-        ax.set_title(f"z{d}", fontsize=9)
+        ax.set_title(f"dimension {d}", fontsize=9)
+        ax.set_xlabel(_coordinate("z", d), fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)
         if d == 0:
             ax.legend(fontsize=7)
-    fig.subplots_adjust(hspace=0.5, wspace=0.3)
+    fig.suptitle("marginals of the aggregate encoding q(z) against the prior p(z)", fontsize=10)
     return _save(fig, path)
+
+
+def _contour_levels(density: np.ndarray) -> np.ndarray:
+    """Contour levels at :data:`CONTOUR_FRACTIONS` of the density's maximum on the grid.
+
+    Levels chosen from the density's whole range would start at (or near) its floor, where the density
+    has underflowed to a constant in the corners of the grid: a contour there traces the edge of the
+    plotting range, not the prior. No levels (an empty array) when the density is nowhere positive.
+    """
+    finite = density[np.isfinite(density)]
+    top = finite.max() if finite.size else 0.0
+    if not top > 0:
+        return np.empty(0)
+    levels = np.asarray(CONTOUR_FRACTIONS, dtype=np.float64) * top
+    return levels[levels > finite.min()]
 
 
 def plot_latent_magnitude(
@@ -380,8 +438,12 @@ def plot_latent_magnitude(
     ax.set_xticklabels([str(d) for d in range(z.shape[1])], fontsize=7)
     ax.set_yticks(range(classes.size))
     ax.set_yticklabels(names, fontsize=7)
-    ax.set_xlabel("latent dimension")
-    fig.colorbar(image, ax=ax, label="mean |z_d|")
+    ax.set_xlabel("latent dimension d", fontsize=9)
+    ax.set_ylabel("class", fontsize=9)
+    ax.set_title("mean latent magnitude per class", fontsize=10)
+    colorbar = fig.colorbar(image, ax=ax)
+    colorbar.set_label(r"mean $|z_d|\,/\,\mathrm{sd}(z_d)$" if normalise else r"mean $|z_d|$", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
     return _save(fig, path)
 
 
@@ -406,15 +468,48 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+#: what the quantities of a run's log are, and their units: (title, unit or None)
+_QUANTITIES: Dict[str, Tuple[str, Optional[str]]] = {
+    "loss": ("loss: the negative objective", "nats / point"),
+    "last_batch_loss": ("loss on the last minibatch", "nats / point"),
+    "reconstruction": (r"reconstruction $\mathbb{E}_{q(z|x)}[\log p(x|z)]$", "nats / point"),
+    "kl": (r"$\mathrm{KL}(q(z|x)\,\|\,p(z))$", "nats / point"),
+    "other_kl": ("KL at the other latent sites", "nats / point"),
+    "divergence": (r"divergence estimate $\hat{D}(q(z), p(z))$", None),
+    "seconds": ("time per epoch", "s"),
+    "global_step": ("optimisation steps", None),
+}
+
+HELDOUT_PREFIX = "heldout_"
+
+
+def _quantity(key: str) -> Tuple[str, str]:
+    """(title, axis label with the unit) of a logged quantity."""
+    title, unit = _QUANTITIES.get(key, (key, None))
+    return title, key if unit is None else f"{key}\n({unit})"
+
+
 def plot_training_curves(
-    log, path: PathLike, keys: Optional[Sequence[str]] = None, figsize: FigSize = None, dpi: float = 100
+    log,
+    path: PathLike,
+    keys: Optional[Sequence[str]] = None,
+    figsize: FigSize = None,
+    dpi: float = 100,
+    heldout: bool = True,
 ) -> PathLike:
     """Training curves from a run's log: one panel per quantity against the epoch.
+
+    The loss and its parts are per data point, in nats (``reconstruction`` = E_q[log p(x|z)], ``kl`` =
+    KL(q(z|x) || p(z)), ``loss`` = the negative objective); the divergence estimate has the unit of the
+    divergence (nats for a KL, none for an MMD).
 
     :param log: the path of a ``metrics.jsonl`` (one JSON object per line, e.g. ``{"epoch": 3, "loss": ...,
         "reconstruction": ..., "kl": ..., "divergence": ...}``) or an iterable of such dicts.
     :param keys: the quantities to draw (default: every numeric key but ``"epoch"``, in order of appearance).
         Records without a key are skipped in its panel; without ``"epoch"`` the record's index is used.
+    :param heldout: draw the held-out value of a quantity ``K``, logged as ``"heldout_K"`` on some epochs,
+        in K's panel (a line with markers, labelled "held-out", beside the one labelled "training"); the
+        default ``keys`` then leave out the ``heldout_`` keys that have a panel of their own quantity.
     :param figsize: default ``(6, 2 * len(keys) + 0.5)``.
     """
     records = _read_records(log)
@@ -424,22 +519,102 @@ def plot_training_curves(
         keys = []
         for r in records:
             keys += [k for k, v in r.items() if k != "epoch" and _is_number(v) and k not in keys]
+        if heldout:
+            paired = {HELDOUT_PREFIX + k for k in keys}
+            keys = [k for k in keys if k not in paired]
     keys = list(keys)
     if not keys:
         raise ValueError("the log has no numeric quantity to plot")
+
+    def series(key):
+        pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(records) if _is_number(r.get(key))]
+        return tuple(zip(*pts)) if pts else ((), ())
+
     fig = _figure(figsize or (6, 2 * len(keys) + 0.5), dpi)
     axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
     for ax, key in zip(axes, keys):
-        pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(records) if _is_number(r.get(key))]
-        if not pts:
+        xs, ys = series(key)
+        if not xs:
             raise ValueError(f"no record of the log has a numeric {key!r}")
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="." if len(xs) < 50 else None)
-        ax.set_ylabel(key, fontsize=8)
+        ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label="training")
+        hx, hy = series(HELDOUT_PREFIX + key) if heldout else ((), ())
+        if hx:
+            ax.plot(hx, hy, marker="o", markersize=4, linewidth=1, label="held-out")
+            ax.legend(fontsize=7)
+        title, label = _quantity(key)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[-1].set_xlabel("epoch")
-    fig.subplots_adjust(left=0.15, right=0.97, top=0.97, bottom=0.5 / (2 * len(keys) + 0.5) + 0.05)
+    axes[-1].set_xlabel("epoch" if any("epoch" in r for r in records) else "record", fontsize=8)
     return _save(fig, path)
+
+
+#: offsets (in points) tried for a point's label, nearest first, and the directions tried at each
+_LABEL_RADII = (4.0, 11.0, 19.0, 28.0)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def _area(box: Optional[Bbox]) -> float:
+    return 0.0 if box is None else max(box.width, 0.0) * max(box.height, 0.0)
+
+
+def _place_labels(
+    ax, points: Sequence[Tuple[float, float]], texts: Sequence[str], colors, fontsize: float = 7
+):
+    """Write ``texts[i]`` (in ``colors[i]``) next to ``points[i]`` where it covers no other label, point or
+    the axes' frame.
+
+    Greedy and deterministic: each label, in order, takes the first offset of :data:`_LABEL_RADII` x
+    :data:`_LABEL_DIRECTIONS` whose text box is free, or the one that overlaps least; a label set away
+    from its point is joined to it by a thin line. The figure's layout is fixed first (drawn once, then
+    its layout engine turned off), so that the boxes measured here are the ones saved.
+    """
+    fig = ax.figure
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    r = 3.0 * fig.dpi / 72
+    markers = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in centres]
+    gap = 1.0 * fig.dpi / 72
+    taken: List[Bbox] = []
+    for i, (point, text, color) in enumerate(zip(points, texts, colors)):
+        if not text:
+            continue
+        best = None
+        for radius in _LABEL_RADII:
+            for dx, dy in _LABEL_DIRECTIONS:
+                scale = radius / math.hypot(dx, dy)
+                place = dict(
+                    xytext=(dx * scale, dy * scale),
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                    va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                )
+                trial = ax.annotate(text, point, textcoords="offset points", fontsize=fontsize, **place)
+                box = trial.get_window_extent(renderer)
+                trial.remove()
+                cost = _area(box) - _area(Bbox.intersection(box, frame))
+                cost += sum(_area(Bbox.intersection(box, b)) for b in taken)
+                cost += sum(_area(Bbox.intersection(box, m)) for j, m in enumerate(markers) if j != i)
+                if best is None or cost < best[0]:
+                    best = (cost, radius, place)
+                if cost == 0:
+                    break
+            if best[0] == 0:
+                break
+        _, radius, place = best
+        leader = dict(arrowstyle="-", color=color, alpha=0.6, linewidth=0.6, shrinkA=0, shrinkB=2)
+        label = ax.annotate(
+            text,
+            point,
+            textcoords="offset points",
+            fontsize=fontsize,
+            color=color,
+            arrowprops=leader if radius > _LABEL_RADII[0] else None,
+            **place,
+        )
+        taken.append(label.get_window_extent(renderer).padded(gap))
 
 
 def plot_disentanglement_vs_reconstruction(
@@ -451,14 +626,21 @@ def plot_disentanglement_vs_reconstruction(
     label: Union[str, Callable[[Mapping], str], None] = "beta",
     figsize: FigSize = None,
     dpi: float = 100,
+    xlabel: Optional[str] = None,
+    ylabel: Optional[str] = None,
+    title: Optional[str] = None,
 ) -> PathLike:
     """Disentanglement against reconstruction across a sweep (the paper's Fig. 3 style trade-off plot).
 
     :param results: one dict per run, e.g. ``{"prior": "student-t", "beta": 4, "reconstruction": -27.1,
         "disentanglement": 0.71}``.
     :param x, y: the keys drawn on the axes.
-    :param group: runs with the same value of this key share a colour and a legend entry (``None``: one).
-    :param label: the key (or a function of the run) written next to each point (``None``: no labels).
+    :param group: runs with the same value of this key share a colour, a marker and a legend entry (``None``:
+        one group); the legend sits outside the axes, on the right.
+    :param label: the key (or a function of the run) written next to each point, in its group's colour
+        (``None``: no labels). Labels are placed so that they cover neither each other nor the points.
+    :param xlabel, ylabel, title: the axis labels (default: the keys ``x`` and ``y``, which should then name
+        their unit where there is one) and the title (default: ``"<y> against <x>"``).
     :param figsize: default ``(6, 4.5)``.
     """
     runs = list(results)
@@ -473,14 +655,23 @@ def plot_disentanglement_vs_reconstruction(
         groups.setdefault("all" if group is None else str(r.get(group, "?")), []).append(r)
     fig = _figure(figsize or (6, 4.5), dpi)
     ax = fig.add_subplot()
-    for name, members in groups.items():
-        ax.scatter([r[x] for r in members], [r[y] for r in members], label=name, s=25)
-        if label is not None:
-            for r in members:
-                text = label(r) if callable(label) else (f"{label}={r[label]}" if label in r else "")
-                ax.annotate(text, (r[x], r[y]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    points, texts, colors = [], [], []
+    for k, (name, members) in enumerate(groups.items()):
+        marker = "osD^vP*X"[k % 8]
+        drawn = ax.scatter([r[x] for r in members], [r[y] for r in members], label=name, s=25, marker=marker)
+        for r in members:
+            points.append((r[x], r[y]))
+            colors.append(drawn.get_facecolor()[0])
+            if label is None:
+                texts.append("")
+            else:
+                texts.append(label(r) if callable(label) else (f"{label}={r[label]}" if label in r else ""))
+    ax.margins(0.12)
+    ax.set_xlabel(x if xlabel is None else xlabel)
+    ax.set_ylabel(y if ylabel is None else ylabel)
+    ax.set_title(f"{y} against {x}" if title is None else title, fontsize=10)
     if group is not None:
-        ax.legend(title=group, fontsize=8)
+        ax.legend(title=group, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    if any(texts):
+        _place_labels(ax, points, texts, colors)
     return _save(fig, path)

@@ -1,140 +1,80 @@
-"""Training decomposition VAEs: run configurations, the model builder, the SVI loop, checkpoints and resume.
+"""The SVI loop of a decomposition VAE: :class:`Trainer`, :func:`train` and :func:`resume`.
 
-A run is described by a :class:`RunConfig` (plain JSON, saved as ``RUN_DIR/config.json``). :func:`build`
-turns it into the objects of Mathieu et al. (2019): the :class:`~pyro_decomp.vae.DecompVAE` with the data
-set's networks and likelihood, the prior, the :class:`~pyro_decomp.elbo.DecompositionELBO`
+:class:`Trainer` minimises −L of Mathieu et al. (2019, eq. 7) summed over the N training points,
 
-    L_{α,β} = Σ_n ( E_{q(z|x_n)}[log p(x_n|z)] − β KL(q(z|x_n) ‖ p(z)) ) − α N D(q(z), p(z))
+    L_{α,β} = Σ_n ( E_{q(z|x_n)}[log p(x_n|z)] − β KL(q(z|x_n) ‖ p(z)) ) − α N D(q(z), p(z)),
 
-and the training and test sets. :class:`Trainer` minimises −L with Pyro SVI and Adam (amsgrad, as the
-paper), one minibatch at a time with ``dataset_size = N`` so that the data plate scales by N/B. Each epoch
-appends a line to ``RUN_DIR/metrics.jsonl``; checkpoints (``RUN_DIR/checkpoint.pt``) hold the model (and with
-it the prior), the optimiser, the random number generators and the position in the run, are written atomically
-and are read back with ``torch.load(weights_only=True)`` only.
-
+with Pyro SVI and Adam (amsgrad, as the paper), one minibatch at a time with ``dataset_size = N`` so that the
+data plate scales by N/B. Each epoch appends a record to ``RUN_DIR/metrics.jsonl`` (with held-out loss
+components every ``eval_every`` epochs where the data set has a test split); checkpoints hold the model (and
+with it the prior), the optimiser, every process's random number generators and the position in the run.
 The order of the data in epoch e is a function of (seed, e) alone, so a run resumed from a checkpoint takes
-the same steps as one that never stopped: on CPU with one thread the parameters agree bitwise.
+the same steps as one that never stopped: on CPU with the same number of threads the parameters agree
+bitwise. SIGINT (Ctrl-C) and SIGTERM (what a job scheduler or ``docker stop`` sends) finish the current step,
+write a checkpoint and raise :class:`TrainingInterrupted`.
+
+Callbacks are objects with optional methods ``on_epoch_end(trainer, record)`` and ``on_train_end(trainer)``;
+one that sets ``trainer.should_stop = True`` ends training cleanly after the epoch, with a checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import math
 import os
-import pickle
-import random
+import shutil
 import signal
 import threading
 import time
-import zipfile
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer.util import zero_grads
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
-from pyro_decomp._atomic import atomic_open
+from pyro_decomp.build import build
+from pyro_decomp.config import RESUMABLE, RunConfig, resolve_device
+from pyro_decomp.data.indexing import batches, subset_index, take
 from pyro_decomp.distributed import (
     DistributedContext,
-    GatheredDivergence,
+    all_gather_objects,
     all_reduce_mean,
     average_gradients,
     broadcast_module,
     init_distributed,
     shutdown,
 )
+from pyro_decomp.runs import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    EVALUATION_NAME,
+    FIGURES_DIR,
+    METRICS_NAME,
+    CheckpointError,
+    Run,
+    append_metrics,
+    checkpoint_state,
+    clean_temporary_files,
+    get_rng_state,
+    load_checkpoint,
+    load_config,
+    lock_run,
+    read_metrics,
+    save_checkpoint,
+    save_config,
+    set_rng_state,
+    write_metrics,
+)
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "CONFIG_NAME",
-    "CheckpointError",
-    "DATASETS",
-    "DATASET_DEFAULTS",
-    "METRICS_NAME",
-    "NETWORKS",
-    "NonFiniteLossError",
-    "RunConfig",
-    "Trainer",
-    "TrainingInterrupted",
-    "build",
-    "load_checkpoint",
-    "load_run",
-    "read_metrics",
-    "resolve_device",
-    "resume",
-    "save_checkpoint",
-    "train",
-]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "resume", "train"]
 
-DATASETS = ("pinwheel", "shapes", "dsprites", "fashion-mnist")
-NETWORKS = ("mlp", "conv64", "dcgan32")
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "pyro_decomp.checkpoint"
-CHECKPOINT_VERSION = 1
-
-# The paper's settings per data set (Mathieu et al., 2019, §5 and appendix): networks, likelihood, latent size
-# and the objective of each experiment. ``RunConfig`` fields left as None take these values.
-DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "pinwheel": {
-        "prior": "pinwheel",
-        "latent_dim": 2,
-        "network": "mlp",
-        "likelihood": "normal",
-        "likelihood_scale": 0.1,
-        "beta": 0.0,
-        "alpha": 1.0,
-        "divergence": "inclusive-kl",
-        "epochs": 500,
-        "batch_size": 400,
-        "lr": 1e-3,
-        "checkpoint_every": 100,
-        "num_threads": 1,
-    },
-    "shapes": {
-        "prior": "gaussian",
-        "latent_dim": 10,
-        "network": "conv64",
-        "likelihood": "bernoulli",
-        "likelihood_scale": 0.1,
-        "beta": 1.0,
-        "alpha": 0.0,
-        "divergence": "mmd",
-        "epochs": 30,
-        "batch_size": 64,
-        "lr": 5e-4,
-        "checkpoint_every": 1,
-        "num_threads": None,
-    },
-    "fashion-mnist": {
-        "prior": "sparse",
-        "latent_dim": 50,
-        "network": "dcgan32",
-        "likelihood": "laplace",
-        "likelihood_scale": 0.1,
-        "beta": 1.0,
-        "alpha": 100.0,
-        "divergence": "mmd",
-        "epochs": 80,
-        "batch_size": 500,
-        "lr": 1e-3,
-        "checkpoint_every": 1,
-        "num_threads": None,
-    },
-}
-DATASET_DEFAULTS["dsprites"] = dict(DATASET_DEFAULTS["shapes"])
-
-_NETWORK_OPTIONS = {"mlp": ("hidden",), "conv64": ("hidden",), "dcgan32": ("width",)}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated, corrupt, or carries anything but tensors and plain data."""
+SHOWN = ("loss", "reconstruction", "kl", "divergence")  # the components in progress bars and curves
+HELD_OUT = "heldout_"  # prefix of the held-out loss components in a metrics record
+HELD_OUT_POINTS = 10000  # the most test points whose loss components are averaged
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,494 +88,58 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT (Ctrl-C) after writing a checkpoint at ``checkpoint`` (None: no run dir)."""
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint at ``checkpoint`` (None: no run dir).
 
-    def __init__(self, message: str, checkpoint: Optional[str], epoch: int, step: int):
+    ``signal`` is the signal's number (``signal.SIGINT`` for Ctrl-C).
+    """
+
+    def __init__(self, message: str, checkpoint: Optional[str], epoch: int, step: int, signal: int = 2):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.epoch = epoch
         self.step = step
+        self.signal = signal
 
 
-# ---------------------------------------------------------------------------------------------- configuration
-def _is_json(value) -> bool:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False)) == value
-    except (TypeError, ValueError):
-        return False
-
-
-def _check_number(name, value, lower, strict, kind=float):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if kind is int and int(value) != value:
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not math.isfinite(value) or (value <= lower if strict else value < lower):
-        rel = ">" if strict else ">="
-        raise ValueError(f"{name} must be {rel} {lower}, got {value!r}")
-    return kind(value)
-
-
-@dataclass
-class RunConfig:
-    """Every setting of a training run; fields left as None take the data set's :data:`DATASET_DEFAULTS`.
-
-    :param dataset: one of :data:`DATASETS`.
-    :param data_root: directory of the data files (dSprites, Fashion-MNIST) or the shapes cache.
-    :param data_options: keyword arguments of the data set (pinwheel: ``num_classes``, ``num_per_class``,
-        ``radial_std``, ``tangential_std``, ``rate``, ``seed`` and ``test_seed``, by default seed + 1, for the
-        held-out draw; shapes: ``subsample``; dSprites and Fashion-MNIST: ``download``).
-    :param prior: a name of :data:`pyro_decomp.priors.PRIORS`; ``prior_options`` its keyword arguments
-        (``variance``, ``learn_variance``, ``df``, ``gamma``, ``scale``, ...). For ``variance="pca"`` the
-        training data are passed to the prior.
-    :param beta: β ≥ 0, the weight of KL(q(z|x) ‖ p(z)) (overlap).
-    :param alpha: α ≥ 0, the weight of N·D(q(z), p(z)) (alignment).
-    :param divergence: a name of :data:`pyro_decomp.divergences.DIVERGENCES`.
-    :param global_divergence: under ``torch.distributed``, estimate D on the batch of all processes.
-    :param latent_dim: D.
-    :param network: one of :data:`NETWORKS`; ``network_options``: ``hidden`` (mlp: list of sizes, conv64: the
-        width of the linear layer) or ``width`` (dcgan32).
-    :param likelihood: ``"normal"``, ``"bernoulli"`` or ``"laplace"``; ``likelihood_scale`` the Laplace scale
-        or the Normal scale's initial value.
-    :param analytic_kl: use the closed-form KL when one is registered for (encoder, prior).
-    :param num_particles: samples of z per data point (vectorised when > 1).
-    :param epochs: the total number of epochs of the run.
-    :param batch_size: minibatch size B per process.
-    :param lr: Adam's learning rate.
-    :param seed: seeds the initialisation, the sampling and the data order of every epoch.
-    :param device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    :param checkpoint_every: write a checkpoint every this many epochs (and always at the end).
-    :param num_workers: DataLoader worker processes for image data sets.
-    :param num_threads: torch's intra-op CPU threads for the run (None: torch's default). Small models such as
-        pinwheel's MLP train fastest on one thread; bitwise reproducibility also needs the same number.
-    """
-
-    dataset: str = "pinwheel"
-    data_root: Optional[str] = None
-    data_options: Dict[str, Any] = field(default_factory=dict)
-    prior: Optional[str] = None
-    prior_options: Dict[str, Any] = field(default_factory=dict)
-    beta: Optional[float] = None
-    alpha: Optional[float] = None
-    divergence: Optional[str] = None
-    global_divergence: bool = False
-    latent_dim: Optional[int] = None
-    network: Optional[str] = None
-    network_options: Dict[str, Any] = field(default_factory=dict)
-    likelihood: Optional[str] = None
-    likelihood_scale: Optional[float] = None
-    analytic_kl: bool = True
-    num_particles: int = 1
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    lr: Optional[float] = None
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: Optional[int] = None
-    num_workers: int = 0
-    num_threads: Optional[int] = None
-
-    def __post_init__(self):
-        from pyro_decomp.vae import LIKELIHOODS
-
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {DATASETS}")
-        self.beta = _check_number("beta", self.beta, 0.0, False)
-        self.alpha = _check_number("alpha", self.alpha, 0.0, False)
-        self.latent_dim = _check_number("latent_dim", self.latent_dim, 0, True, int)
-        self.likelihood_scale = _check_number("likelihood_scale", self.likelihood_scale, 0.0, True)
-        self.num_particles = _check_number("num_particles", self.num_particles, 0, True, int)
-        self.epochs = _check_number("epochs", self.epochs, 0, True, int)
-        self.batch_size = _check_number("batch_size", self.batch_size, 1, True, int)
-        self.lr = _check_number("lr", self.lr, 0.0, True)
-        self.seed = _check_number("seed", self.seed, 0, False, int)
-        self.checkpoint_every = _check_number("checkpoint_every", self.checkpoint_every, 0, True, int)
-        self.num_workers = _check_number("num_workers", self.num_workers, 0, False, int)
-        self.num_threads = _check_number("num_threads", self.num_threads, 0, True, int)
-        if self.network is not None and self.network not in NETWORKS:
-            raise ValueError(f"unknown network {self.network!r}; expected one of {NETWORKS}")
-        if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; expected one of {LIKELIHOODS}")
-        _check_device_name(self.device)
-        for name in ("global_divergence", "analytic_kl"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("data_options", "prior_options", "network_options"):
-            value = getattr(self, name)
-            if not isinstance(value, dict) or not _is_json(value):
-                raise ValueError(f"{name} must be a JSON object (a dict of plain values), got {value!r}")
-        for name in ("data_root", "prior", "divergence"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"{name} must be a string, got {value!r}")
-
-    def resolved(self) -> RunConfig:
-        """A copy with every None replaced by the data set's default (:data:`DATASET_DEFAULTS`)."""
-        values = dataclasses.asdict(self)
-        for key, default in DATASET_DEFAULTS[self.dataset].items():
-            if values[key] is None:
-                values[key] = default
-        return RunConfig(**values)
-
-    def replace(self, **changes) -> RunConfig:
-        """A copy with ``changes`` applied (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain JSON-compatible dict of every field."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`; the ``pyro_decomp_version`` key of ``config.json`` is ignored."""
-        if not isinstance(values, dict):
-            raise ValueError(f"a run configuration must be a JSON object, got {type(values).__name__}")
-        values = {k: v for k, v in values.items() if k != "pyro_decomp_version"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown run configuration keys {unknown}; expected some of {sorted(known)}")
-        return cls(**values)
-
-    def to_json(self) -> str:
-        """The configuration as JSON text, with the package version."""
-        from pyro_decomp import __version__
-
-        return json.dumps({**self.to_dict(), "pyro_decomp_version": __version__}, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> RunConfig:
-        """Parse :meth:`to_json`'s output."""
-        return cls.from_dict(json.loads(text))
-
-    @classmethod
-    def load(cls, path: str) -> RunConfig:
-        """Read a run's ``config.json`` (a file or a run directory)."""
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no run configuration at {path}: is this a run directory?") from None
-        try:
-            return cls.from_json(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-    def save(self, path: str) -> None:
-        """Write :meth:`to_json` to ``path`` atomically."""
-        _atomic_write_bytes(path, (self.to_json() + "\n").encode())
-
-
-def _check_device_name(name) -> None:
-    if not isinstance(name, str):
-        raise ValueError(f"device must be a string, got {name!r}")
-    if name in ("auto", "cpu", "cuda"):
-        return
-    if name.startswith("cuda:") and name[5:].isdigit():
-        return
-    raise ValueError(f"unknown device {name!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
-    _check_device_name(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} was requested but CUDA is not available (torch.cuda.is_available() is "
-                "False); use --device cpu or --device auto"
-            )
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(name)
-
-
-# ---------------------------------------------------------------------------------------------- builder
-def _first_tensor(item):
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _data_matrix(dataset: Dataset, max_points: int = 10000, seed: int = 0) -> torch.Tensor:
-    """Up to ``max_points`` inputs of ``dataset`` flattened to ``(n, F)`` (a seeded random subset)."""
-    if isinstance(dataset, TensorDataset):
-        x = dataset.tensors[0]
-        if len(x) > max_points:
-            x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_points]]
-        return x.reshape(len(x), -1).float()
-    n = len(dataset)
-    idx = torch.arange(n)
-    if n > max_points:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points]
-    x = torch.stack([_first_tensor(dataset[int(i)]) for i in idx])
-    return x.reshape(len(x), -1).float()
-
-
-def _build_data(cfg: RunConfig) -> Tuple[Dataset, Dataset]:
-    opts = dict(cfg.data_options)
-    if cfg.dataset == "pinwheel":
-        from pyro_decomp.data import pinwheel
-
-        test_seed = opts.pop("test_seed", None)
-        seed = opts.pop("seed", 0)
-        x, y = pinwheel(seed=seed, **opts)
-        xt, yt = pinwheel(seed=seed + 1 if test_seed is None else test_seed, **opts)
-        return TensorDataset(x, y), TensorDataset(xt, yt)
-    if cfg.dataset == "shapes":
-        from pyro_decomp.data import Shapes
-
-        data = Shapes(root=cfg.data_root, **opts)
-        return data, data
-    if cfg.dataset == "dsprites":
-        from pyro_decomp.data import DSprites
-
-        if cfg.data_root is None:
-            raise ValueError(
-                "the dsprites data set needs --data-root: the directory of "
-                "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz (add --data-option download=true to fetch it)"
-            )
-        data = DSprites(cfg.data_root, **opts)
-        return data, data
-    from pyro_decomp.data import fashion_mnist
-
-    if cfg.data_root is None:
-        raise ValueError(
-            "the fashion-mnist data set needs --data-root: the directory that holds FashionMNIST/raw/ "
-            "(add --data-option download=true to fetch it)"
-        )
-    return fashion_mnist(cfg.data_root, train=True, **opts), fashion_mnist(cfg.data_root, train=False, **opts)
-
-
-def _build_networks(cfg: RunConfig, obs_shape: Tuple[int, ...]):
-    from pyro_decomp import nets
-
-    opts = dict(cfg.network_options)
-    unknown = sorted(set(opts) - set(_NETWORK_OPTIONS[cfg.network]))
-    if unknown:
-        raise ValueError(
-            f"unknown network options {unknown} for network {cfg.network!r}; "
-            f"expected some of {list(_NETWORK_OPTIONS[cfg.network])}"
-        )
-    d = cfg.latent_dim
-    if cfg.network == "mlp":
-        hidden = tuple(opts.get("hidden", (100,)))
-        return nets.MLPEncoder(obs_shape, d, hidden=hidden), nets.MLPDecoder(d, obs_shape, hidden=hidden)
-    if cfg.network == "conv64":
-        enc, dec = nets.ConvEncoder64(d, **opts), nets.ConvDecoder64(d, **opts)
-    else:
-        output = "logits" if cfg.likelihood == "bernoulli" else "sigmoid"
-        enc, dec = nets.DCGANEncoder32(d, **opts), nets.DCGANDecoder32(d, output=output, **opts)
-    if tuple(enc.in_shape) != tuple(obs_shape):
-        raise ValueError(
-            f"network {cfg.network!r} takes inputs of shape {tuple(enc.in_shape)}, but the {cfg.dataset} "
-            f"data have shape {tuple(obs_shape)}"
-        )
-    return enc, dec
-
-
-def _build_prior(cfg: RunConfig, train_set: Dataset):
-    from pyro_decomp.priors import build_prior
-
-    opts = dict(cfg.prior_options)
-    if cfg.prior == "gaussian" and opts.get("variance") == "pca":
-        opts["data"] = _data_matrix(train_set, seed=cfg.seed)
-    return build_prior(cfg.prior, cfg.latent_dim, **opts)
-
-
-def _build_elbo(cfg: RunConfig):
-    from pyro_decomp.divergences import build_divergence
-    from pyro_decomp.elbo import DecompositionELBO
-
-    divergence = build_divergence(cfg.divergence)
-    if cfg.global_divergence:
-        divergence = GatheredDivergence(divergence)
-    return DecompositionELBO(
-        beta=cfg.beta,
-        alpha=cfg.alpha,
-        divergence=divergence,
-        analytic_kl=cfg.analytic_kl,
-        num_particles=cfg.num_particles,
-        vectorize_particles=cfg.num_particles > 1,
-        max_plate_nesting=1,
-    )
-
-
-def build(config: RunConfig, data: Optional[Tuple[Dataset, Dataset]] = None):
-    """Build ``(vae, elbo, train_set, test_set)`` for a run, as the paper sets up each data set.
-
-    ``data``: a ``(train_set, test_set)`` pair to use instead of loading ``config.dataset`` (for data sets the
-    builder does not know, such as a stand-in); networks, prior and ELBO are still chosen by ``config``.
-
-    pinwheel → MLP with 100 hidden units and a Normal likelihood with learnt scale, 2-D latents, the
-    4-component mixture prior; shapes/dsprites → 64×64 convolutional nets and a Bernoulli likelihood, 10-D
-    latents;
-    fashion-mnist → DCGAN 32×32 nets and a Laplace likelihood (scale 0.1), 50-D latents (override any of these
-    in ``config``). For ground-truth data (shapes, dSprites) the test set is the training set, on which the
-    disentanglement metrics are defined; pinwheel's is an independent draw; Fashion-MNIST's its test split.
-    Network initialisation draws from torch's global generator: seed it first for a reproducible build.
-    """
-    from pyro_decomp.vae import DecompVAE
-
-    cfg = config.resolved()
-    train_set, test_set = _build_data(cfg) if data is None else data
-    if len(train_set) < 2:
-        raise ValueError(f"the training set has {len(train_set)} points; at least 2 are needed")
-    obs_shape = tuple(_first_tensor(train_set[0]).shape)
-    encoder, decoder = _build_networks(cfg, obs_shape)
-    prior = _build_prior(cfg, train_set)
-    vae = DecompVAE(
-        encoder,
-        decoder,
-        prior,
-        likelihood=cfg.likelihood,
-        likelihood_scale=cfg.likelihood_scale,
-        latent_dim=cfg.latent_dim,
-        obs_shape=obs_shape,
-    )
-    return vae, _build_elbo(cfg), train_set, test_set
-
-
-# ---------------------------------------------------------------------------------------------- files
-def _atomic_write(path: str, write) -> None:
-    """Write via ``write(file)`` to a temporary file next to ``path``, fsync it, rename it over ``path``."""
-    with atomic_open(path) as f:
-        write(f)
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """``torch.save(state)`` atomically: a temporary file in the same directory, flush, fsync, ``os.replace``.
-
-    A kill at any moment leaves either the previous file or the new one, never a partial file at ``path``.
-    """
-    _atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :class:`Trainer` with ``torch.load(..., weights_only=True)``.
-
-    :raises CheckpointError: the file is missing, truncated or corrupt, holds pickled objects other than
-        tensors and plain containers (refused, never executed), or is not a pyro_decomp checkpoint.
-    """
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    if not os.path.exists(path):
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load checkpoint {path}: it holds pickled objects other than tensors and plain "
-            f"containers, which could run code when loaded ({str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated or corrupt ({str(e).splitlines()[0]})"
-        ) from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a pyro_decomp checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    if state.get("format_version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {state.get('format_version')!r}; this version of "
-            f"pyro_decomp reads version {CHECKPOINT_VERSION}"
-        )
-    return state
-
-
-def read_metrics(run_dir: str) -> List[Dict[str, Any]]:
-    """The per-epoch records of ``RUN_DIR/metrics.jsonl`` (an empty list when there are none)."""
-    path = os.path.join(run_dir, METRICS_NAME)
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut short by a kill: what follows cannot be trusted
-    return records
-
-
-def _rng_state() -> Dict[str, Any]:
-    """The torch, CUDA, Python and NumPy generator states as tensors and plain values (weights_only-safe)."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": {
-            "version": version,
-            "state": torch.tensor(internal, dtype=torch.int64),
-            "gauss_next": gauss,
-        },
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            npy["kind"],
-            npy["keys"].numpy().astype(np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-
-
-# ---------------------------------------------------------------------------------------------- trainer
 def _fmt(components: Dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.6g}" for k, v in components.items())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+class _Stop(Exception):
+    pass
+
+
+def _relative_name(name: str, prefix: str) -> str:
+    return name[len(prefix) + 1 :] if prefix and name.startswith(prefix + ".") else name
 
 
 class Trainer:
     """The SVI loop of a decomposition VAE, with progress, metrics, checkpoints, resume and data parallelism.
 
-    Each step minimises the minibatch estimate of −L (see :mod:`pyro_decomp.training`) for ``x`` of B points
-    with ``dataset_size = N``: ``elbo.loss_and_grads`` computes the gradients, which are averaged over
-    processes when ``context`` is distributed, and Pyro's Adam (amsgrad) applies them to the parameters seen
-    in the step. The data order of epoch e is ``DistributedSampler(seed=seed).set_epoch(e)``'s (a permutation
-    drawn from a generator seeded with seed + e, split over processes).
+    Each step minimises the minibatch estimate of −L for ``x`` of B points with ``dataset_size = N``:
+    ``elbo.loss_and_grads`` computes the gradients, which are averaged over processes when ``context`` is
+    distributed, and Pyro's Adam (amsgrad) applies them to the parameters seen in the step. The data order of
+    epoch e is ``DistributedSampler(seed=seed).set_epoch(e)``'s (a permutation drawn from a generator seeded
+    with seed + e, split over processes). The trainer neither clears nor overwrites the Pyro parameter store:
+    each :class:`~pyro_decomp.vae.DecompVAE` keeps its parameters under names of its own.
 
     :param vae: a :class:`~pyro_decomp.vae.DecompVAE` (moved to ``device``).
     :param elbo: the loss, e.g. a :class:`~pyro_decomp.elbo.DecompositionELBO` or any ``pyro.infer.ELBO``;
         per-epoch loss components are logged when it has ``loss_components``.
     :param train_set: a Dataset of inputs or of ``(input, ...)`` tuples.
-    :param config: the run's :class:`RunConfig` (``epochs``, ``batch_size``, ``lr``, ``seed``,
-        ``checkpoint_every`` are used here).
-    :param run_dir: where ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt`` go (None: nothing written).
+    :param config: the run's :class:`~pyro_decomp.config.RunConfig`.
+    :param run_dir: where ``config.json``, ``metrics.jsonl`` and checkpoints go (None: nothing written).
     :param device: a torch device (default: ``resolve_device(config.device)``).
     :param context: the :class:`~pyro_decomp.distributed.DistributedContext` (default: one process).
     :param progress: show tqdm progress bars (rank 0 only).
+    :param test_set: held-out data: its loss components join the metrics every ``config.eval_every`` epochs
+        and the checkpoint of the lowest held-out loss is kept as ``best.pt``.
+    :param callbacks: objects with optional ``on_epoch_end(trainer, record)`` / ``on_train_end(trainer)``.
     """
 
     def __init__(
@@ -649,28 +153,33 @@ class Trainer:
         device=None,
         context: Optional[DistributedContext] = None,
         progress: bool = True,
+        test_set: Optional[Dataset] = None,
+        callbacks: Sequence[Any] = (),
     ):
-        self.config = config.resolved()
+        self.config = config
         self.context = context if context is not None else DistributedContext()
-        self.device = torch.device(device) if device is not None else resolve_device(self.config.device)
+        self.device = torch.device(device) if device is not None else resolve_device(config.device)
         self.vae = vae.to(self.device)
         self.elbo = elbo
         self.train_set = train_set
+        self.test_set = test_set
+        self.callbacks = list(callbacks)
         self.dataset_size = len(train_set)
         if self.dataset_size < 2:
             raise ValueError(f"the training set has {self.dataset_size} points; at least 2 are needed")
         self.run_dir = run_dir
         self.progress = bool(progress) and self.context.is_main
-        self.optim = pyro.optim.Adam({"lr": self.config.lr, "amsgrad": True})
+        self.optim = pyro.optim.Adam({"lr": config.lr, "amsgrad": True})
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
+        self.best_heldout: Optional[float] = None
+        self.should_stop = False
         self._partial = {"loss_sum": 0.0, "steps": 0}
         self._pending_optim_state: Dict[str, Any] = {}
-        self._stop_requested = False
+        self._signal: Optional[int] = None
         self._in_update = False
         self.history: List[Dict[str, Any]] = []
-        pyro.clear_param_store()
 
     # ------------------------------------------------------------------ paths
     def _path(self, name: str) -> Optional[str]:
@@ -681,59 +190,70 @@ class Trainer:
         return self._path(CHECKPOINT_NAME)
 
     @property
-    def metrics_path(self) -> Optional[str]:
-        return self._path(METRICS_NAME)
-
-    @property
     def writes_files(self) -> bool:
         return self.run_dir is not None and self.context.is_main
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> Dict[str, Any]:
-        """Everything a resume needs, as tensors and plain values (``torch.load(weights_only=True)``-safe)."""
-        from pyro_decomp import __version__
+    @property
+    def _prefix(self) -> str:
+        return getattr(self.vae, "_pyro_name", "") or ""
 
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything a resume needs, as tensors and plain values (``torch.load(weights_only=True)``-safe).
+
+        Optimiser states are keyed by parameter names relative to the VAE (without its own name), and the
+        random number generator states of every process are kept (``rng``: rank 0's; ``rng_ranks``: all).
+        """
         optim_state = dict(self._pending_optim_state)
-        optim_state.update(self.optim.get_state())
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "pyro_decomp_version": __version__,
-            "epoch": self.epoch,
-            "step": self.step_in_epoch,
-            "global_step": self.global_step,
-            "partial": dict(self._partial),
-            "model": self.vae.state_dict(),
-            "optimizer": optim_state,
-            "rng": _rng_state(),
-            "config": self.config.to_dict(),
-        }
+        optim_state.update({_relative_name(k, self._prefix): v for k, v in self.optim.get_state().items()})
+        rng = get_rng_state()
+        ranks = all_gather_objects(rng) if self.context.enabled else [rng]
+        return checkpoint_state(
+            epoch=self.epoch,
+            step=self.step_in_epoch,
+            global_step=self.global_step,
+            partial=dict(self._partial),
+            best_heldout=self.best_heldout,
+            model=self.vae.state_dict(),
+            optimizer=optim_state,
+            rng=ranks[0],
+            rng_ranks=ranks,
+            config=self.config.to_dict(),
+        )
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: model, optimiser (applied to each parameter on its first step), RNGs
         and the position in the run (epochs done and steps done in the next epoch)."""
         self.vae.load_state_dict(state["model"])
-        pyro.clear_param_store()
-        self._pending_optim_state = dict(state["optimizer"])
-        self.optim.set_state(dict(state["optimizer"]))
+        prefix = self._prefix
+        self._pending_optim_state = {k: v for k, v in state["optimizer"].items()}
+        self.optim.set_state({(f"{prefix}.{k}" if prefix else k): v for k, v in state["optimizer"].items()})
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step"])
         self.global_step = int(state["global_step"])
+        self.best_heldout = state.get("best_heldout")
         self._partial = {
             "loss_sum": float(state["partial"]["loss_sum"]),
             "steps": int(state["partial"]["steps"]),
         }
-        if self.context.is_main:
-            _set_rng_state(state["rng"])
-        else:
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.context.world_size:
+            set_rng_state(ranks[self.context.rank])
+        elif self.context.is_main:
+            set_rng_state(state["rng"])
+        else:  # a checkpoint from another number of processes
             pyro.set_rng_seed(self.config.seed + 7919 * self.context.rank + 104729 * self.global_step)
 
     def save(self, path: Optional[str] = None) -> Optional[str]:
-        """Write a checkpoint (rank 0 only) to ``path`` (default ``RUN_DIR/checkpoint.pt``); return it."""
+        """Write a checkpoint to ``path`` (default ``RUN_DIR/checkpoint.pt``) and return it. Every process
+        takes part (their RNG states are gathered); rank 0 writes."""
         path = path or self.checkpoint_path
-        if path is None or not self.context.is_main:
+        if path is None:
             return None
-        save_checkpoint(self.state_dict(), path)
+        state = self.state_dict()
+        if not self.context.is_main:
+            return None
+        save_checkpoint(state, path)
         return path
 
     def restore(self, path: Optional[str] = None) -> Dict[str, Any]:
@@ -758,49 +278,53 @@ class Trainer:
         sampler.set_epoch(epoch)
         indices = list(iter(sampler))
         b = self.config.batch_size
-        batches = [indices[i : i + b] for i in range(0, len(indices), b)]
-        if len(batches) > 1 and len(batches[-1]) == 1:
-            batches.pop()  # one point has no aggregate encoding to compare with the prior
-        return batches
-
-    def _batches(self, batches: List[List[int]]):
-        if isinstance(self.train_set, TensorDataset):
-            x = self.train_set.tensors[0]
-            for idx in batches:
-                yield x[torch.as_tensor(idx)]
-            return
-        if hasattr(self.train_set, "images_at") and self.config.num_workers == 0:
-            for idx in batches:  # ground-truth data sets read a whole batch at once
-                yield self.train_set.images_at(torch.as_tensor(idx))
-            return
-        loader = DataLoader(
-            self.train_set,
-            batch_sampler=batches,
-            num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for batch in loader:
-            yield _first_tensor(batch)
+        out = [indices[i : i + b] for i in range(0, len(indices), b)]
+        if len(out) > 1 and len(out[-1]) == 1:
+            out.pop()  # one point has no aggregate encoding to compare with the prior
+        return out
 
     # ------------------------------------------------------------------ one step
     def _fork_rng(self):
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         return torch.random.fork_rng(devices=devices)
 
-    def loss_components(self, x: torch.Tensor) -> Dict[str, float]:
+    def loss_components(self, x: torch.Tensor, dataset_size: Optional[int] = None) -> Dict[str, float]:
         """Per-data-point loss components of ``elbo`` on the batch ``x`` (averaged over processes), drawn from
         a forked generator so that logging them does not change the training run; {} when unavailable."""
         if not hasattr(self.elbo, "loss_components"):
             return {}
         with self._fork_rng(), torch.no_grad():
             comps = self.elbo.loss_components(
-                self.vae.model, self.vae.guide, x, dataset_size=self.dataset_size
+                self.vae.model, self.vae.guide, x, dataset_size=dataset_size or self.dataset_size
             )
         keys = sorted(comps)
         values = torch.tensor([float(comps[k]) for k in keys], dtype=torch.float64)
         if self.context.enabled:
             values = all_reduce_mean(values.to(self.device)).cpu()
         return dict(zip(keys, values.tolist()))
+
+    def _components_or_none(self, x: torch.Tensor) -> Dict[str, float]:
+        """:meth:`loss_components` for a failure message: never raises, never prints tensors."""
+        try:
+            with pyro.validation_enabled(False):
+                return self.loss_components(x)
+        except (ValueError, RuntimeError):
+            return {}
+
+    def _non_finite(self, what: str, value, epoch: int, step: int, x, cause: str = "") -> NonFiniteLossError:
+        components = self._components_or_none(x) if x is not None else {}
+        last = (
+            f"the last good checkpoint {self.checkpoint_path} is left in place"
+            if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path)
+            else "no checkpoint was written after it"
+        )
+        return NonFiniteLossError(
+            f"non-finite {what} {value} at epoch {epoch}, step {step} (global step {self.global_step})"
+            f"{cause}; loss components per data point: {_fmt(components) or 'unavailable'}; {last}",
+            epoch=epoch,
+            step=step,
+            components=components,
+        )
 
     def step(self, x: torch.Tensor, epoch: int = 0, step: int = 0) -> float:
         """One SVI step on the minibatch ``x``; returns the loss (full-data estimate, mean over processes).
@@ -820,40 +344,27 @@ class Trainer:
                 loss, failure = float("nan"), e
         named = sorted((name, site["value"].unconstrained()) for name, site in capture.trace.nodes.items())
         params = [p for _, p in named]
-        stop = self._stop_requested
+        stop = self._signal is not None
         if self.context.enabled:
             flags = torch.tensor([float(loss), float(stop)], dtype=torch.float64, device=self.device)
             all_reduce_mean(flags)
             loss, stop = float(flags[0]), bool(flags[1] > 0)
         if not math.isfinite(loss):
             zero_grads(set(params))
-            try:
-                with pyro.validation_enabled(False):
-                    components = self.loss_components(x)
-            except (ValueError, RuntimeError):
-                components = {}
-            cause = "" if failure is None else f" ({str(failure).splitlines()[0]})"
-            last = (
-                f"the last good checkpoint {self.checkpoint_path} is left in place"
-                if self.checkpoint_path is not None and os.path.exists(self.checkpoint_path)
-                else "no checkpoint was written after it"
+            cause = "" if failure is None else f" ({_first_line(failure)})"
+            self.global_step += 1
+            error = self._non_finite(
+                "loss", loss, epoch, step, x, cause + "; no parameter was updated with it"
             )
-            raise NonFiniteLossError(
-                f"non-finite loss {loss} at epoch {epoch}, step {step} "
-                f"(global step {self.global_step + 1}){cause}; "
-                f"loss components per data point: {_fmt(components) or 'unavailable'}; no parameter was "
-                f"updated with it and {last}",
-                epoch=epoch,
-                step=step,
-                components=components,
-            )
+            self.global_step -= 1
+            raise error
         average_gradients(params)
         self._in_update = True
         self.optim(params)
         zero_grads(set(params))
         self._in_update = False
-        if stop:  # a stop requested on any process stops every process (never clear a pending request)
-            self._stop_requested = True
+        if stop and self._signal is None:  # a stop requested on any process stops every process
+            self._signal = signal.SIGINT
         return float(loss)
 
     def _non_finite_failure(self, error: ValueError, x: torch.Tensor) -> bool:
@@ -864,43 +375,74 @@ class Trainer:
             return True
         return not all(bool(torch.isfinite(p).all()) for p in self.vae.parameters())
 
+    # ------------------------------------------------------------------ held-out numbers
+    def heldout_components(self) -> Dict[str, float]:
+        """Per-data-point loss components on the test set (at most :data:`HELD_OUT_POINTS` points, a fixed
+        subset, in batches of ``batch_size``), each weighted by its batch's size; drawn from a forked
+        generator seeded by the run's seed and the epoch, so they leave training unchanged and repeat
+        exactly."""
+        if self.test_set is None or not hasattr(self.elbo, "loss_components"):
+            return {}
+        n = len(self.test_set)
+        index = subset_index(n, HELD_OUT_POINTS, torch.Generator().manual_seed(self.config.seed))
+        b = self.config.batch_size
+        sums: Dict[str, float] = {}
+        used = 0
+        was_training = self.vae.training
+        self.vae.eval()
+        try:
+            with self._fork_rng(), torch.no_grad():
+                torch.manual_seed(self.config.seed * 1_000_003 + self.epoch)
+                for i in range(0, len(index), b):
+                    part = index[i : i + b]
+                    if len(part) < 2:
+                        continue
+                    x = take(self.test_set, part)[0].to(self.device)
+                    comps = self.elbo.loss_components(self.vae.model, self.vae.guide, x, dataset_size=len(x))
+                    for key, value in comps.items():
+                        sums[key] = sums.get(key, 0.0) + float(value) * len(x)
+                    used += len(x)
+        finally:
+            self.vae.train(was_training)
+        return {HELD_OUT + k: v / used for k, v in sums.items()} if used else {}
+
     # ------------------------------------------------------------------ the loop
-    def _on_sigint(self, signum, frame):
-        if self._stop_requested:
+    def _on_signal(self, signum, frame):
+        if self._signal is not None:
             raise KeyboardInterrupt
-        self._stop_requested = True
-
-    def _append_metrics(self, record: Dict[str, Any]) -> None:
-        if not self.writes_files:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics of epochs after the restored position (written after the last checkpoint)."""
-        if not self.writes_files or not os.path.exists(self.metrics_path):
-            return
-        keep = [r for r in read_metrics(self.run_dir) if int(r.get("epoch", 0)) <= self.epoch]
-        _atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        self._signal = signum
 
     def _interrupted(self, epoch: int) -> TrainingInterrupted:
         path = self.save()
         where = f"; checkpoint written to {path}" if path else ""
+        signum = self._signal or signal.SIGINT
+        name = signal.Signals(signum).name
         return TrainingInterrupted(
-            f"training interrupted at epoch {epoch}, after step {self.step_in_epoch}{where}",
+            f"training interrupted by {name} at epoch {epoch}, after step {self.step_in_epoch}{where}",
             checkpoint=path,
             epoch=epoch,
             step=self.step_in_epoch,
+            signal=signum,
         )
+
+    def _prepare_run_dir(self) -> None:
+        """Clean up after a kill and make the files agree with the restored position: every good record of
+        an epoch up to it is kept, the records of later epochs (written after the last checkpoint) dropped."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        clean_temporary_files(self.run_dir)
+        save_config(self.config, self.run_dir)
+        records = read_metrics(self.run_dir)
+        keep = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] <= self.epoch]
+        if len(keep) != len(records) or os.path.exists(os.path.join(self.run_dir, METRICS_NAME)):
+            write_metrics(self.run_dir, keep)
 
     def fit(self, epochs: Optional[int] = None) -> List[Dict[str, Any]]:
         """Train until ``epochs`` epochs (the run's total, default ``config.epochs``) are done.
 
         Writes ``config.json`` (with the new total), appends one record per epoch to ``metrics.jsonl`` and
-        checkpoints every ``checkpoint_every`` epochs and at the end. On SIGINT the current step finishes, a
-        checkpoint is written and :class:`TrainingInterrupted` is raised; a second SIGINT stops at once.
+        checkpoints every ``checkpoint_every`` epochs and at the end. On SIGINT or SIGTERM the current step
+        finishes, a checkpoint is written and :class:`TrainingInterrupted` is raised; a second signal stops at
+        once. A callback that sets ``should_stop`` ends training after the epoch, with a checkpoint.
 
         :returns: the records of the epochs trained by this call.
         """
@@ -910,31 +452,44 @@ class Trainer:
         if epochs < self.epoch:
             raise ValueError(f"epochs={epochs} but the run has already trained {self.epoch} epochs")
         self.config = self.config.replace(epochs=epochs)
-        self._stop_requested = False
-        pyro.clear_param_store()
+        self._signal = None
+        self.should_stop = False
         if self.writes_files:
-            os.makedirs(self.run_dir, exist_ok=True)
-            for name in os.listdir(self.run_dir):  # temporary files of writes cut short by a kill
-                if name.startswith("." + CHECKPOINT_NAME + ".") and name.endswith(".tmp"):
-                    os.remove(os.path.join(self.run_dir, name))
-            self.config.save(os.path.join(self.run_dir, CONFIG_NAME))
-            self._truncate_metrics()
-        handler = None
+            self._prepare_run_dir()
+        handlers = {}
         if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handlers[signum] = signal.signal(signum, self._on_signal)
         records: List[Dict[str, Any]] = []
-        bar = _progress(self.progress, total=epochs, initial=self.epoch, desc="epochs", unit="epoch")
+        bar = tqdm(
+            total=epochs,
+            initial=self.epoch,
+            desc="epochs",
+            unit="epoch",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         try:
             for epoch in range(self.epoch + 1, epochs + 1):
                 record = self._run_epoch(epoch)
                 self.epoch, self.step_in_epoch = epoch, 0
+                best = self._track_heldout(record)
                 records.append(record)
                 self.history.append(record)
-                self._append_metrics(record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in _SHOWN})
+                if self.writes_files:
+                    append_metrics(self.run_dir, record)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in SHOWN})
                 bar.update(1)
-                if epoch % self.config.checkpoint_every == 0 or epoch == epochs:
+                for callback in self.callbacks:
+                    if hasattr(callback, "on_epoch_end"):
+                        callback.on_epoch_end(self, record)
+                stop = self._agree(self.should_stop)
+                if epoch % self.config.checkpoint_every == 0 or epoch == epochs or stop:
                     self.save()
+                if best:
+                    self.save(self._path(BEST_NAME))
+                if stop:
+                    break
         except _Stop:
             raise self._interrupted(self.epoch + 1) from None
         except KeyboardInterrupt as e:
@@ -943,27 +498,55 @@ class Trainer:
             raise self._interrupted(self.epoch + 1) from None
         finally:
             bar.close()
-            if handler is not None:
-                signal.signal(signal.SIGINT, handler)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_train_end"):
+                callback.on_train_end(self)
         return records
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` on any process (every process must stop together)."""
+        if not self.context.enabled:
+            return bool(flag)
+        value = torch.tensor([float(flag)], dtype=torch.float64, device=self.device)
+        return bool(all_reduce_mean(value)[0] > 0)
+
+    def _track_heldout(self, record: Dict[str, Any]) -> bool:
+        """Whether this epoch's held-out loss is the best so far (then ``best.pt`` is written)."""
+        loss = record.get(HELD_OUT + "loss")
+        if loss is None or not math.isfinite(loss):
+            return False
+        if self.best_heldout is None or loss < self.best_heldout:
+            self.best_heldout = float(loss)
+            record["best"] = True
+            return True
+        return False
 
     def _run_epoch(self, epoch: int) -> Dict[str, Any]:
         start = time.perf_counter()
-        batches = self._epoch_batches(epoch)
+        index_batches = self._epoch_batches(epoch)
         first = self.step_in_epoch
         if first == 0:
             self._partial = {"loss_sum": 0.0, "steps": 0}
-        inner = _progress(
-            self.progress and len(batches) > 1,
-            total=len(batches),
+        inner = tqdm(
+            total=len(index_batches),
             initial=first,
             desc=f"epoch {epoch}",
             unit="step",
             leave=False,
+            disable=not (self.progress and len(index_batches) > 1),
+            dynamic_ncols=True,
         )
         x = None
+        data = batches(
+            self.train_set,
+            index_batches[first:],
+            self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         try:
-            for step, x in enumerate(self._batches(batches[first:]), first + 1):
+            for step, x in enumerate(data, first + 1):
                 x = x.to(self.device, non_blocking=True)
                 loss = self.step(x, epoch, step) / self.dataset_size
                 self.step_in_epoch = step
@@ -972,7 +555,7 @@ class Trainer:
                 self._partial["steps"] += 1
                 inner.set_postfix(loss=f"{loss:.4g}")
                 inner.update(1)
-                if self._stop_requested:
+                if self._signal is not None:
                     raise _Stop
         finally:
             inner.close()
@@ -982,57 +565,123 @@ class Trainer:
             "loss": self._partial["loss_sum"] / max(self._partial["steps"], 1),
         }
         if x is not None:
-            for key, value in self.loss_components(x).items():
+            try:
+                components = self.loss_components(x)
+            except ValueError as e:
+                raise self._non_finite(
+                    "loss components", "(invalid values)", epoch, self.step_in_epoch, x
+                ) from e
+            for key, value in components.items():
                 record["last_batch_" + key if key == "loss" else key] = value
+        eval_every = self.config.eval_every
+        if eval_every and (epoch % eval_every == 0 or epoch == self.config.epochs):
+            record.update(self.heldout_components())
+        bad = {k: v for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            raise self._non_finite(
+                "end-of-epoch " + ", ".join(sorted(bad)),
+                list(bad.values())[0],
+                epoch,
+                self.step_in_epoch,
+                None,
+            )
         record["seconds"] = time.perf_counter() - start
         return record
 
 
-_SHOWN = ("loss", "reconstruction", "kl", "divergence")
-
-
-class _Stop(Exception):
-    pass
-
-
-class _NoBar:
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(enabled: bool, **kwargs):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(dynamic_ncols=True, **kwargs)
-
-
 # ---------------------------------------------------------------------------------------------- runs
-def _prepare(config: RunConfig, device, context: Optional[DistributedContext]):
-    cfg = config.resolved()
-    dev = resolve_device(cfg.device) if device is None else torch.device(device)
+def _start(config: RunConfig, device, context: Optional[DistributedContext], data=None):
+    """Join (or make) the process group, set threads and seeds, build the run's objects."""
+    dev = resolve_device(config.device) if device is None else torch.device(device)
     own_context = context is None
     if own_context:
         context = init_distributed(dev)
     if context.world_size > 1 and dev.type == "cuda":
         dev = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(dev)
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    pyro.set_rng_seed(cfg.seed)
-    vae, elbo, train_set, test_set = build(cfg)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    pyro.set_rng_seed(config.seed)
+    vae, elbo, train_set, test_set = build(config, data=data)
     vae = vae.to(dev)
     broadcast_module(vae)
     if context.rank > 0:
-        pyro.set_rng_seed(cfg.seed + 7919 * context.rank)
-    return cfg, dev, context, own_context, vae, elbo, train_set, test_set
+        pyro.set_rng_seed(config.seed + 7919 * context.rank)
+    return dev, context, own_context, vae, elbo, train_set, test_set
+
+
+def check_writable(directory: str) -> None:
+    """A ValueError naming ``directory`` unless files can be created in it (checked before expensive work)."""
+    probe = os.path.join(directory, f".write-test-{os.getpid()}.tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to {directory}: {e.strerror or e}") from None
+
+
+def _held_out(config: RunConfig, train_set, test_set):
+    """The test set, when it is not the training set (ground-truth data evaluate on their training set)."""
+    return None if test_set is train_set else test_set
+
+
+def _finish(trainer: Trainer) -> Run:
+    trainer.vae.eval()
+    metrics = read_metrics(trainer.run_dir) if trainer.run_dir is not None else list(trainer.history)
+    return Run(
+        vae=trainer.vae,
+        config=trainer.config,
+        elbo=trainer.elbo,
+        metrics=metrics,
+        epoch=trainer.epoch,
+        run_dir=trainer.run_dir,
+        train_set=trainer.train_set,
+        test_set=trainer.test_set,
+        trained_epochs=len(trainer.history),
+    )
+
+
+RUN_FILES = (
+    CONFIG_NAME,
+    CHECKPOINT_NAME,
+    BEST_NAME,
+    METRICS_NAME,
+    EVALUATION_NAME,
+    FIGURES_DIR,
+    "tensorboard",
+)
+
+
+def _holds_run(run_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_NAME, CHECKPOINT_NAME))
+
+
+def check_run_dir(run_dir: str, overwrite: bool = False) -> None:
+    """Before any expensive work: ``run_dir`` must be a writable directory (or creatable) that holds no run,
+    unless ``overwrite``. Raises ValueError naming the directory and what to do."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--run-dir {run_dir} is a file, not a directory")
+    try:
+        check_writable(run_dir)
+    except ValueError as e:
+        raise ValueError(f"--run-dir {run_dir}: {e}") from None
+    if not overwrite and _holds_run(run_dir):
+        raise ValueError(
+            f"--run-dir {run_dir} already holds a run: continue it with --resume {run_dir}, or pass "
+            "--overwrite, or choose another directory"
+        )
+
+
+def _clear_run(run_dir: str) -> None:
+    """Remove the files of the run in ``run_dir`` (under its lock): no old file mixes with the new run."""
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def train(
@@ -1042,17 +691,43 @@ def train(
     device=None,
     progress: bool = True,
     context: Optional[DistributedContext] = None,
-) -> Trainer:
-    """Seed, build and train a fresh run; returns the finished :class:`Trainer`.
+    callbacks: Sequence[Any] = (),
+    data=None,
+    overwrite: bool = False,
+) -> Run:
+    """Seed, build and train a fresh run; returns the trained :class:`~pyro_decomp.runs.Run`.
 
-    Under torchrun (``WORLD_SIZE`` > 1 in the environment) the process joins the group and trains its shard.
+    With a ``run_dir``, the directory is checked first (writable, and holding no run unless ``overwrite``);
+    the run is built; only then is the directory locked and, with ``overwrite``, the old run's files removed,
+    so a run that fails to build leaves the old one intact. The lock is held until training ends. Under
+    torchrun (``WORLD_SIZE`` > 1 in the environment) the process joins the group and trains its shard.
+    ``data``: a ``(train_set, test_set)`` pair instead of ``config.dataset``'s.
     """
-    cfg, dev, context, own, vae, elbo, train_set, test_set = _prepare(config, device, context)
+    main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
+    if run_dir is not None and main:
+        check_run_dir(run_dir, overwrite)
+    dev, context, own, vae, elbo, train_set, test_set = _start(config, device, context, data)
+    locked = lock_run(run_dir) if run_dir is not None and context.is_main else contextlib.nullcontext()
     try:
-        trainer = Trainer(vae, elbo, train_set, cfg, run_dir, device=dev, context=context, progress=progress)
-        trainer.test_set = test_set
-        trainer.fit()
-        return trainer
+        with locked:
+            if run_dir is not None and context.is_main:
+                if _holds_run(run_dir) and not overwrite:  # a run started there since the check
+                    check_run_dir(run_dir, overwrite)
+                _clear_run(run_dir)
+            trainer = Trainer(
+                vae,
+                elbo,
+                train_set,
+                config,
+                run_dir,
+                device=dev,
+                context=context,
+                progress=progress,
+                test_set=_held_out(config, train_set, test_set),
+                callbacks=callbacks,
+            )
+            trainer.fit()
+            return _finish(trainer)
     finally:
         if own:
             shutdown(context)
@@ -1060,306 +735,66 @@ def train(
 
 def resume(
     run_dir: str,
-    epochs: Optional[int] = None,
+    changes: Optional[Dict[str, Any]] = None,
     *,
-    device=None,
+    epochs: Optional[int] = None,
     progress: bool = True,
     context: Optional[DistributedContext] = None,
-) -> Trainer:
-    """Continue the run in ``run_dir`` with its own ``config.json`` from its checkpoint up to ``epochs``
-    epochs in total (default: the run's configured total)."""
-    config = RunConfig.load(run_dir)
-    if device is not None:
-        config = config.replace(device=str(device))
-    cfg, dev, context, own, vae, elbo, train_set, test_set = _prepare(config, None, context)
+    callbacks: Sequence[Any] = (),
+    data=None,
+) -> Run:
+    """Continue the run in ``run_dir`` from its checkpoint.
+
+    ``changes`` may set the settings of :data:`~pyro_decomp.config.RESUMABLE` (``epochs`` is the run's new
+    total); they are written to ``config.json``. Any other difference, from ``changes`` or between
+    ``config.json`` and the configuration stored in the checkpoint, is refused with a ValueError naming it.
+    ``epochs`` is short for ``changes={"epochs": epochs}``.
+    """
+    changes = dict(changes or {})
+    if epochs is not None:
+        changes["epochs"] = epochs
+    refused = sorted(set(changes) - set(RESUMABLE))
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)} cannot be changed when resuming {run_dir}: a resumed run keeps its "
+            f"settings (only {', '.join(RESUMABLE)} may change)"
+        )
+    saved = load_config(run_dir)
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint ({CHECKPOINT_NAME}) to resume from: the run stopped before its "
+            "first checkpoint; start it again with the same settings (train --config "
+            f"{os.path.join(run_dir, CONFIG_NAME)} --run-dir {run_dir} --overwrite)"
+        )
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
+    stored = RunConfig.from_dict(state["config"])
+    edited = [k for k in saved.differences(stored) if k not in RESUMABLE]
+    if edited:
+        raise ValueError(
+            f"{os.path.join(run_dir, CONFIG_NAME)} differs from the configuration in its checkpoint in "
+            f"{', '.join(edited)}; a resumed run keeps its settings (restore those values, or start a new "
+            "run)"
+        )
+    config = saved.replace(**changes)
+    dev, context, own, vae, elbo, train_set, test_set = _start(config, None, context, data)
+    locked = lock_run(run_dir) if context.is_main else contextlib.nullcontext()
     try:
-        trainer = Trainer(vae, elbo, train_set, cfg, run_dir, device=dev, context=context, progress=progress)
-        trainer.test_set = test_set
-        trainer.restore()
-        trainer.fit(epochs)
-        return trainer
+        with locked:
+            trainer = Trainer(
+                vae,
+                elbo,
+                train_set,
+                config,
+                run_dir,
+                device=dev,
+                context=context,
+                progress=progress,
+                test_set=_held_out(config, train_set, test_set),
+                callbacks=callbacks,
+            )
+            trainer.restore()
+            trainer.fit(config.epochs)
+            return _finish(trainer)
     finally:
         if own:
             shutdown(context)
-
-
-def load_run(run_dir: str, device="cpu"):
-    """Rebuild a run from ``RUN_DIR/config.json`` and ``RUN_DIR/checkpoint.pt``.
-
-    :returns: ``(config, vae, elbo, train_set, test_set, checkpoint)`` with the trained weights loaded and the
-        model in eval mode.
-    """
-    config = RunConfig.load(run_dir).resolved()
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    checkpoint = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME), map_location=dev)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    vae, elbo, train_set, test_set = build(config)
-    vae.load_state_dict(checkpoint["model"])
-    vae.to(dev).eval()
-    return config, vae, elbo, train_set, test_set, checkpoint
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-EVALUATION_NAME = "evaluation.json"
-FIGURES_DIR = "figures"
-
-
-def _subset(dataset: Dataset, max_points: Optional[int], generator: torch.Generator):
-    """``(index, x, y)`` of at most ``max_points`` points of ``dataset`` (a seeded random subset, in order);
-    y is the second item entry (labels or factor indices) or None."""
-    n = len(dataset)
-    if max_points is None or n <= max_points:
-        index = torch.arange(n)
-    else:
-        index = torch.randperm(n, generator=generator)[:max_points].sort().values
-    if isinstance(dataset, TensorDataset):
-        tensors = dataset.tensors
-        return index, tensors[0][index], tensors[1][index] if len(tensors) > 1 else None
-    if hasattr(dataset, "images_at") and hasattr(dataset, "factors_from_index"):
-        return index, dataset.images_at(index), dataset.factors_from_index(index)
-    items = [dataset[int(i)] for i in index]
-    x = torch.stack([_first_tensor(it) for it in items])
-    y = None
-    if isinstance(items[0], (tuple, list)) and len(items[0]) > 1:
-        y = torch.stack([torch.as_tensor(it[1]) for it in items])
-    return index, x, y
-
-
-@torch.no_grad()
-def _encode_means(vae, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = next(vae.parameters()).device
-    return torch.cat(
-        [vae.encoder(x[i : i + batch_size].to(device))[0].cpu() for i in range(0, len(x), batch_size)]
-    )
-
-
-@torch.no_grad()
-def _encode_samples(vae, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = next(vae.parameters()).device
-    out = []
-    for i in range(0, len(x), batch_size):
-        out.append(vae.encoder_distribution(x[i : i + batch_size].to(device)).sample().cpu())
-    return torch.cat(out)
-
-
-def _labels(dataset: Dataset, y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Classes for the latent-magnitude figure: pinwheel arms, Fashion-MNIST classes, the shape factor."""
-    if y is None:
-        return None
-    if y.dim() == 1:
-        return y.long()
-    names = getattr(dataset, "factor_names", None)
-    if names is not None and "shape" in names:
-        return y[:, list(names).index("shape")].long()
-    return None
-
-
-def write_figures(
-    vae,
-    config: RunConfig,
-    dataset: Dataset,
-    directory: str,
-    *,
-    metrics_path: Optional[str] = None,
-    kinds: Optional[Tuple[str, ...]] = None,
-    max_points: int = 2000,
-    seed: int = 0,
-) -> Dict[str, str]:
-    """Draw the figures that fit the run's data into ``directory``; returns ``{name: path}``.
-
-    ``training_curves`` (from ``metrics.jsonl``), ``aggregate_posterior`` (q(z), one draw per point, against
-    p(z)), ``reconstructions``, ``samples``, ``traversals`` (images only) and ``latent_magnitude`` (labelled
-    data: mean |z_d| per class). ``kinds`` selects some of them (default: all that apply). The model is
-    moved to the CPU. Needs :mod:`pyro_decomp.plots` (matplotlib).
-    """
-    from pyro_decomp import plots
-
-    os.makedirs(directory, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    _, x, y = _subset(dataset, max_points, gen)
-    images = x.dim() == 4
-    wanted = set(kinds) if kinds is not None else None
-
-    def want(name):
-        return wanted is None or name in wanted
-
-    out: Dict[str, str] = {}
-
-    def path(name):
-        return os.path.join(directory, name + ".png")
-
-    def shown(t):
-        return t.clamp(0, 1) if images else t
-
-    was_training = vae.training
-    vae.cpu().eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if want("training_curves") and metrics_path and os.path.exists(metrics_path):
-                records = read_metrics(os.path.dirname(metrics_path))
-                keys = [k for k in _SHOWN if records and k in records[-1]]
-                if keys:
-                    out["training_curves"] = plots.plot_training_curves(
-                        records, path("training_curves"), keys=keys
-                    )
-            if want("aggregate_posterior"):
-                out["aggregate_posterior"] = plots.plot_aggregate_posterior(
-                    _encode_samples(vae, x),
-                    vae.prior_distribution(),
-                    path("aggregate_posterior"),
-                    generator=torch.Generator().manual_seed(seed),
-                )
-            xs = x[: 16 if images else 400]
-            if want("reconstructions"):
-                out["reconstructions"] = plots.plot_reconstructions(
-                    xs, shown(vae.reconstruct(xs)), path("reconstructions")
-                )
-            if want("samples"):
-                out["samples"] = plots.plot_samples(
-                    shown(vae.sample(64 if images else len(xs))), path("samples")
-                )
-            if want("traversals") and images:
-                base = vae.encoder(x[:1])[0][0]
-                out["traversals"] = plots.plot_traversals(
-                    shown(plots.latent_traversal(vae, base)), path("traversals")
-                )
-            labels = _labels(dataset, y)
-            if want("latent_magnitude") and labels is not None:
-                out["latent_magnitude"] = plots.plot_latent_magnitude(
-                    _encode_means(vae, x), labels, path("latent_magnitude")
-                )
-    finally:
-        vae.train(was_training)
-    return {k: str(v) for k, v in out.items()}
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if torch.is_tensor(value):
-        return _finite(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def evaluate(
-    run_dir: str,
-    *,
-    device="cpu",
-    max_points: int = 1000,
-    iwae_samples: int = 100,
-    factor_points: Optional[int] = None,
-    num_votes: int = 20000,
-    votes_size: int = 1000,
-    seed: int = 0,
-    figures: bool = True,
-    progress: bool = False,
-) -> Dict[str, Any]:
-    """Judge a trained run; writes ``RUN_DIR/evaluation.json`` and figures under ``RUN_DIR/figures``.
-
-    On at most ``max_points`` test points (a seeded random subset): the loss components of the run's
-    objective per data point (``reconstruction`` = E_q log p(x|z), ``kl``, ``divergence`` D̂, ``loss``), the
-    squared reconstruction error of the decoded encoder mean, the IWAE log-likelihood with ``iwae_samples``
-    importance samples, the Hoyer sparsity of the encoder means, the overlap diagnostics (I(x; z) and the
-    encoder-to-aggregate variance ratio) and the alignment D(q(z), p(z)) with the run's divergence. On
-    ground-truth data (shapes, dSprites), also the disentanglement score of Kim & Mnih (``num_votes`` votes
-    of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper) and MIG, on
-    the encoder means of ``factor_points`` points (default all).
-
-    :returns: the dict written to ``evaluation.json`` (non-finite numbers as null).
-    """
-    from pyro_decomp import metrics
-
-    config, vae, elbo, train_set, test_set, checkpoint = load_run(run_dir, device=device)
-    dev = next(vae.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    pyro.set_rng_seed(seed)
-    _, x, _ = _subset(test_set, max_points, gen)
-    n = len(x)
-    result: Dict[str, Any] = {
-        "run_dir": os.path.abspath(run_dir),
-        "epoch": int(checkpoint["epoch"]),
-        "dataset": config.dataset,
-        "test_points": n,
-    }
-    with torch.no_grad():
-        sums: Dict[str, float] = {}
-        used = 0
-        for i in range(0, n, config.batch_size):
-            xb = x[i : i + config.batch_size].to(dev)
-            if len(xb) < 2:  # a single point has no aggregate encoding
-                continue
-            comps = elbo.loss_components(vae.model, vae.guide, xb, dataset_size=len(xb))
-            for k, v in comps.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
-            used += len(xb)
-        result.update({k: v / used for k, v in sums.items()})
-        err = [
-            (vae.reconstruct(x[i : i + 256].to(dev)).cpu() - x[i : i + 256]).square().flatten(1).sum(1)
-            for i in range(0, n, 256)
-        ]
-        result["reconstruction_squared_error"] = float(torch.cat(err).mean())
-        ll = torch.cat(
-            [
-                metrics.iwae_log_likelihood(
-                    vae, x[i : i + 64].to(dev), num_samples=iwae_samples, batch_size=8192
-                )
-                for i in range(0, n, 64)
-            ]
-        ).cpu()
-        result["iwae_log_likelihood"] = {
-            "mean": float(ll.mean()),
-            "standard_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
-            "num_samples": iwae_samples,
-        }
-        codes = _encode_means(vae, x)
-        result["hoyer_sparsity"] = metrics.hoyer_sparsity(codes)
-        ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
-        result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}
-        result["alignment"] = {
-            "divergence": config.divergence,
-            "value": metrics.alignment(
-                vae,
-                x,
-                config.divergence,
-                num_samples=n,
-                batch_size=config.batch_size,
-                generator=torch.Generator().manual_seed(seed),
-            ),
-        }
-        if hasattr(test_set, "factors_from_index"):
-            index, xf, factors = _subset(test_set, factor_points, torch.Generator().manual_seed(seed))
-            fcodes = _encode_means(vae, xf)
-            transform = None
-            if config.prior == "student-t":
-                transform = metrics.prior_cdf_transform(vae.prior_distribution())
-            result["disentanglement"] = metrics.disentanglement_score(
-                fcodes,
-                factors,
-                num_votes=num_votes,
-                votes_size=votes_size,
-                generator=torch.Generator().manual_seed(seed),
-                transform=transform,
-            )
-            result["mig"] = metrics.mig(fcodes, factors)
-            result["factor_points"] = len(index)
-    if figures:
-        result["figures"] = write_figures(
-            vae,
-            config,
-            test_set,
-            os.path.join(run_dir, FIGURES_DIR),
-            metrics_path=os.path.join(run_dir, METRICS_NAME),
-            max_points=max_points,
-            seed=seed,
-        )
-    result = _finite(result)
-    _atomic_write_bytes(
-        os.path.join(run_dir, EVALUATION_NAME), (json.dumps(result, indent=2) + "\n").encode()
-    )
-    return result

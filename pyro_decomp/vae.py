@@ -7,6 +7,22 @@ Generative model (Mathieu et al., 2019, §2), for a minibatch of B points out of
 
 Inference model: q(z_n | x_n) = N(loc(x_n), diag scale(x_n)^2) from the encoder.
 
+The decoder returns the likelihood's parameters in one of two forms, and :meth:`DecompVAE.likelihood` takes
+either, so ``vae.likelihood(vae.decoder(z), obs_dims)`` is the one way to get p(x|z) everywhere:
+
+* a tensor μ(z) of shape ``(*batch, *obs)``: logits for ``"bernoulli"``; a location for ``"laplace"``, with
+  the fixed scale b = ``likelihood_scale``; a location for ``"normal"``, with a learnt global scale σ, one
+  per observed coordinate (the parameter ``log_obs_scale``)::
+
+      log p(x|z) = Σ_i log N(x_i; μ_i(z), σ_i)        (or Σ_i log Laplace(x_i; μ_i(z), b))
+
+* a pair ``(μ(z), σ(z))`` of tensors of that shape, when the decoder predicts the scale per data point, as
+  the paper's pinwheel decoder does (``decoder_scale=True``; then there is no ``log_obs_scale``)::
+
+      log p(x|z) = Σ_i log N(x_i; μ_i(z), σ_i(z))     (or Σ_i log Laplace(x_i; μ_i(z), σ_i(z)))
+
+  A Bernoulli has no scale, so it takes the tensor form only.
+
 Both live inside ``pyro.plate("data", N, subsample=arange(B), dim=-1)``, so Pyro scales every
 log-probability of the batch by N / B and the ELBO estimates the sum over the whole data set.
 """
@@ -14,7 +30,7 @@ log-probability of the batch by N / B and the ELBO estimates the sum over the wh
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -27,6 +43,7 @@ __all__ = ["DecompVAE", "LIKELIHOODS"]
 LIKELIHOODS = ("bernoulli", "laplace", "normal")
 
 PriorLike = Union[dist.Distribution, Callable[[], dist.Distribution]]
+Params = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _event_size(d: dist.Distribution, what: str) -> int:
@@ -42,17 +59,31 @@ class DecompVAE(PyroModule):
     """A VAE whose prior p(z) is any Pyro distribution with ``event_shape == (D,)``.
 
     :param encoder: ``nn.Module``, ``x (B, *obs) -> (loc, scale)`` each ``(B, D)``.
-    :param decoder: ``nn.Module``, ``z (..., D) -> params (..., *obs)``: logits for ``"bernoulli"``, a
-        location for ``"laplace"`` and ``"normal"``.
+    :param decoder: ``nn.Module``, ``z (..., D) -> params``: a tensor ``(..., *obs)`` (logits for
+        ``"bernoulli"``, a location for ``"laplace"`` and ``"normal"``), or, with ``decoder_scale``, a pair
+        ``(loc, scale)`` of such tensors for ``"laplace"`` and ``"normal"`` (see the module docstring).
     :param prior: a distribution with ``event_shape == (D,)`` and ``batch_shape == ()``, or a module (or any
         callable) that returns one when called -- learnable priors are modules.
     :param likelihood: ``"bernoulli"``, ``"laplace"`` (fixed scale ``likelihood_scale``), ``"normal"`` (a
         learnt scale, initialised at ``likelihood_scale``), or a callable ``params -> Distribution`` over one
-        observation (batch dims are those of ``params`` minus the observation dims).
-    :param likelihood_scale: the Laplace scale (default 0.1) or the Normal scale's initial value.
+        observation (batch dims are those of ``params`` minus the observation dims); a callable receives
+        whatever the decoder returns, pair or tensor.
+    :param likelihood_scale: the Laplace scale (default 0.1) or the Normal scale's initial value; unused
+        when the decoder predicts the scale.
     :param latent_dim: D; inferred from the prior when omitted. A mismatch with the prior is an error.
     :param obs_shape: shape of one observation; with ``"normal"`` the learnt scale has this shape (one scale
         per observed coordinate), otherwise a single scale is shared.
+    :param decoder_scale: whether the decoder returns ``(loc, scale)`` rather than a tensor. ``None``
+        (default) reads the decoder's ``predicts_scale`` attribute (``False`` when it has none), which
+        :class:`~pyro_decomp.nets.MLPDecoder` sets for ``scale="decoder"``. When ``True``, ``"normal"``
+        creates no ``log_obs_scale`` (it would get no gradient), and ``"bernoulli"`` is an error. The
+        likelihood checks every decoder output against it, so a mismatch is a clear error rather than a
+        parameter left silently unused. Models saved with a tensor decoder load as before.
+    :param name: the prefix of this model's parameters in Pyro's parameter store (default: ``DecompVAE<k>``
+        for the k-th model made in the process). Each model's own prefix is what lets several models be
+        built and trained one after the other in one process, a notebook re-running a cell included,
+        without ``pyro.clear_param_store()``: a parameter store entry of one model is never taken for
+        another's. ``state_dict`` keys carry no prefix, so checkpoints move freely between models.
     """
 
     def __init__(
@@ -64,8 +95,10 @@ class DecompVAE(PyroModule):
         likelihood_scale: float = 0.1,
         latent_dim: Optional[int] = None,
         obs_shape=None,
+        decoder_scale: Optional[bool] = None,
+        name: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(name=f"DecompVAE{next(_INSTANCES)}" if name is None else name)
         self.encoder = encoder
         self.decoder = decoder
         if isinstance(prior, dist.Distribution):
@@ -105,7 +138,17 @@ class DecompVAE(PyroModule):
             self._likelihood_fn = likelihood
         else:
             raise TypeError(f"likelihood must be a name or a callable, got {type(likelihood).__name__}")
-        if self.likelihood_name == "normal":
+        if decoder_scale is None:
+            decoder_scale = bool(getattr(decoder, "predicts_scale", False))
+        elif not isinstance(decoder_scale, bool):
+            raise ValueError(f"decoder_scale must be True, False or None, got {decoder_scale!r}")
+        if decoder_scale and self.likelihood_name == "bernoulli":
+            raise ValueError(
+                "the likelihood 'bernoulli' has no scale, but the decoder predicts one (decoder_scale=True); "
+                "use a decoder that returns logits, or a 'normal' or 'laplace' likelihood"
+            )
+        self.decoder_scale = decoder_scale
+        if self.likelihood_name == "normal" and not decoder_scale:
             shape = () if obs_shape is None else tuple(obs_shape)
             init = torch.full(shape, self.likelihood_scale).log()
             self.log_obs_scale = nn.Parameter(init)
@@ -149,25 +192,60 @@ class DecompVAE(PyroModule):
             key.append((id(t), t._version, t.data_ptr()))
         return tuple(key)
 
-    def likelihood(self, params: torch.Tensor, obs_dims: int) -> dist.Distribution:
-        """p(x|z) given decoder output ``params`` of shape ``(*batch, *obs)`` with ``obs_dims`` dims."""
+    def likelihood(self, params: Params, obs_dims: int) -> dist.Distribution:
+        """p(x|z) given the decoder's output ``params``, with ``obs_dims`` observation dims.
+
+        ``params`` is a tensor ``(*batch, *obs)`` or, when the decoder predicts the scale, a pair
+        ``(loc, scale)`` of them (see the module docstring); the result has batch shape ``batch`` and event
+        shape ``obs``.
+        """
         name = self.likelihood_name
-        if name == "bernoulli":
-            d = dist.Bernoulli(logits=params, validate_args=False)
-        elif name == "laplace":
-            d = dist.Laplace(
-                params, torch.as_tensor(self.likelihood_scale, dtype=params.dtype, device=params.device)
-            )
-        elif name == "normal":
-            d = dist.Normal(params, self.log_obs_scale.exp())
-        else:
+        if name == "custom":
             d = self._likelihood_fn(params)
+        else:
+            loc, scale = self._split(params)
+            if name == "bernoulli":
+                d = dist.Bernoulli(logits=loc, validate_args=False)
+            elif name == "laplace":
+                if scale is None:
+                    scale = torch.as_tensor(self.likelihood_scale, dtype=loc.dtype, device=loc.device)
+                d = dist.Laplace(loc, scale)
+            else:
+                d = dist.Normal(loc, self.log_obs_scale.exp() if scale is None else scale)
         missing = obs_dims - d.event_dim
         if missing < 0:
             raise ValueError(
                 f"the likelihood has event_dim {d.event_dim}, more than the {obs_dims} observation dims"
             )
         return d.to_event(missing) if missing else d
+
+    def _split(self, params: Params) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(loc, scale)`` of a named likelihood from the decoder's output; ``scale`` is ``None`` for a
+        tensor (the global or fixed scale applies). Checks the form against ``decoder_scale``."""
+        pair = isinstance(params, (tuple, list))
+        if pair == self.decoder_scale:
+            if not pair:
+                return params, None
+            if len(params) == 2:
+                return params[0], params[1]
+            raise ValueError(
+                f"a decoder that predicts the scale must return (loc, scale), got {len(params)} values"
+            )
+        name = self.likelihood_name
+        if name == "bernoulli":
+            raise ValueError(
+                "the likelihood 'bernoulli' has no scale: its decoder must return logits (a tensor), "
+                "got a (loc, scale) pair"
+            )
+        if pair:
+            raise ValueError(
+                f"the decoder returned (loc, scale) but this DecompVAE's {name!r} likelihood uses a "
+                "global scale; build it with decoder_scale=True (or give the decoder predicts_scale = True)"
+            )
+        raise ValueError(
+            f"decoder_scale=True but the decoder returned a tensor of shape {tuple(params.shape)}; "
+            "expected a (loc, scale) pair"
+        )
 
     def encoder_distribution(self, x: torch.Tensor) -> dist.Distribution:
         """q(z|x): a diagonal Normal with batch shape ``(B,)`` and event shape ``(D,)``."""
@@ -224,12 +302,14 @@ class DecompVAE(PyroModule):
             return pyro.sample("z", q)
 
     # ------------------------------------------------------------------ conveniences
-    def _mean(self, params: torch.Tensor) -> torch.Tensor:
-        if self.likelihood_name == "bernoulli":
-            return torch.sigmoid(params)
+    def _mean(self, params: Params) -> torch.Tensor:
+        """E[x|z] from the decoder's output: probabilities for Bernoulli, the location for Laplace and
+        Normal (of either form), the distribution's mean for a custom likelihood."""
         if self.likelihood_name == "custom":
-            return self.likelihood(params, params.dim()).mean
-        return params
+            first = params[0] if isinstance(params, (tuple, list)) else params
+            return self.likelihood(params, first.dim()).mean
+        loc, _ = self._split(params)
+        return torch.sigmoid(loc) if self.likelihood_name == "bernoulli" else loc
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple:
@@ -238,7 +318,8 @@ class DecompVAE(PyroModule):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x|z) for latents ``(..., D)``: probabilities for Bernoulli, locations otherwise."""
+        """Mean of p(x|z) for latents ``(..., D)``, shape ``(..., *obs)``: probabilities for Bernoulli,
+        locations otherwise (also when the decoder predicts the scale)."""
         return self._mean(self.decoder(z))
 
     @torch.no_grad()
@@ -257,6 +338,9 @@ class DecompVAE(PyroModule):
         else:
             z = self.prior_distribution().sample((int(n),))
         return self.decode(z)
+
+
+_INSTANCES = itertools.count()
 
 
 def _fixed_prior_types() -> tuple:

@@ -1,7 +1,10 @@
+import contextlib
 import hashlib
 import math
 import os
 import pickle
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -129,7 +132,7 @@ def test_missing_file_says_how_to_get_it(tmp_path):
         DSprites(tmp_path, progress=False)
     message = str(e.value)
     assert str(tmp_path / DSPRITES_FILENAME) in message and "download=True" in message
-    assert dsprites_module.DSPRITES_URL in message
+    assert dsprites_module.DSPRITES_URL in message and "\n" not in message
 
 
 def test_not_a_complete_grid_in_order(tmp_path):
@@ -163,7 +166,8 @@ def test_stale_cache_is_rebuilt(small):
     assert torch.equal(torch.from_numpy(flipped), 1 - torch.from_numpy(imgs))
     cache = path.with_name(path.name + ".packed.npy")
     os.utime(path, ns=(cache.stat().st_mtime_ns + 10**9,) * 2)
-    ds = DSprites(path.parent, verify=False, progress=False)
+    with pytest.warns(RuntimeWarning, match="another source"):
+        ds = DSprites(path.parent, verify=False, progress=False)
     assert torch.equal(ds.images_at(torch.arange(48), dtype=torch.uint8)[:, 0], torch.from_numpy(flipped))
 
 
@@ -191,3 +195,165 @@ def test_read_only_directory_keeps_the_bits_in_memory(small, monkeypatch):
         ds = DSprites(path.parent, verify=False, progress=False)
     assert ds.cache_path is None and ds._storage.in_memory
     assert torch.equal(ds.images_at(torch.arange(48), dtype=torch.uint8)[:, 0], torch.from_numpy(imgs))
+
+
+def _cache(path):
+    return path.with_name(path.name + ".packed.npy")
+
+
+def _payload_offset(path):
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+@contextlib.contextmanager
+def _no_unpacking(monkeypatch):
+    """Fail on any warning or any unpacking of the .npz inside the block."""
+
+    def refuse(*args):
+        raise AssertionError("unpacked although the cache is good")
+
+    with monkeypatch.context() as m, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.setattr(dsprites_module, "_packed_blocks", refuse)
+        yield
+
+
+def _all_images(ds):
+    return ds.images_at(torch.arange(len(ds)), dtype=torch.uint8)[:, 0]
+
+
+@pytest.mark.parametrize("how", ["bit flip", "zeroed images"])
+def test_damaged_cache_is_detected_and_rebuilt(small, monkeypatch, how):
+    path, imgs, _, _ = small
+    DSprites(path.parent, verify=False, progress=False)
+    cache = _cache(path)
+    stat = cache.stat()
+    offset = _payload_offset(cache)
+    data = bytearray(cache.read_bytes())
+    if how == "bit flip":
+        data[offset + 1000] ^= 0x01
+    else:
+        data[offset:] = bytes(len(data) - offset)
+    cache.write_bytes(bytes(data))
+    os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # still newer than the .npz
+    with pytest.warns(RuntimeWarning, match="damaged") as record:
+        ds = DSprites(path.parent, verify=False, progress=False)
+    assert str(cache) in str(record[0].message)
+    assert torch.equal(_all_images(ds), torch.from_numpy(imgs))
+    with _no_unpacking(monkeypatch):
+        again = DSprites(path.parent, verify=False, progress=False)
+        assert torch.equal(_all_images(again), torch.from_numpy(imgs))
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_source_replaced_by_an_older_file(small, monkeypatch, verify):
+    # `cp -p other.npz dsprites.npz`: another file, with a modification time older than the cache's
+    path, imgs, _, _ = small
+    DSprites(path.parent, verify=verify, checksum=_sha256(path), progress=False)
+    cache = _cache(path)
+    flipped, _, _ = _write_npz(path, invert=True)
+    old = cache.stat().st_mtime_ns - 10**9
+    os.utime(path, ns=(old, old))
+    with pytest.warns(RuntimeWarning, match="another source") as record:
+        ds = DSprites(path.parent, verify=verify, checksum=_sha256(path), progress=False)
+    assert str(cache) in str(record[0].message) and str(path) in str(record[0].message)
+    assert torch.equal(_all_images(ds), torch.from_numpy(flipped))
+
+
+def test_verified_cache_is_served_without_unpacking(small, monkeypatch):
+    path, imgs, _, _ = small
+    checksum = _sha256(path)
+    DSprites(path.parent, checksum=checksum, progress=False)
+    with _no_unpacking(monkeypatch):
+        ds = DSprites(path.parent, checksum=checksum, progress=False)
+        assert torch.equal(_all_images(ds), torch.from_numpy(imgs))
+        ds = DSprites(path.parent, verify=False, progress=False)
+        assert torch.equal(_all_images(ds), torch.from_numpy(imgs))
+        # the same bytes with a new modification time (a copy without -p): the checksum still matches
+        os.utime(path, ns=(_cache(path).stat().st_mtime_ns + 10**9,) * 2)
+        ds = DSprites(path.parent, checksum=checksum, progress=False)
+        assert torch.equal(_all_images(ds), torch.from_numpy(imgs))
+        assert isinstance(ds._storage.array, np.memmap)
+
+
+def _one_line_error(excinfo, path):
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, (ValueError, FileNotFoundError))
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_bad_checksum_is_a_value_error_naming_the_file(small):
+    path = small[0]
+    with pytest.raises(ValueError, match="md5") as e:
+        DSprites(path.parent, progress=False)
+    message = _one_line_error(e, path)
+    assert "download" in message
+
+
+def _write_zip(path, arrays):
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in arrays.items():
+            with archive.open(key + ".npy", "w") as f:
+                np.lib.format.write_array(f, array, allow_pickle=False)
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in ("imgs", "latents_classes", "latents_values")}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "not a zip",
+        "empty",
+        "truncated",
+        "missing imgs",
+        "missing classes",
+        "small images",
+        "bad classes",
+        "bad header",
+        "huge class",
+    ],
+)
+def test_every_bad_file_is_one_value_error(small, damage):
+    path = small[0]
+    arrays = _arrays(path)
+    if damage == "not a zip":
+        path.write_bytes(b"<html>rate limit exceeded</html>" * 100)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    elif damage == "missing imgs":
+        del arrays["imgs"]
+        _write_zip(path, arrays)
+    elif damage == "missing classes":
+        del arrays["latents_classes"]
+        _write_zip(path, arrays)
+    elif damage == "small images":
+        arrays["imgs"] = arrays["imgs"][:, :32, :32].copy()
+        _write_zip(path, arrays)
+    elif damage == "bad classes":
+        arrays["latents_classes"] = arrays["latents_classes"][:, :4].copy()
+        _write_zip(path, arrays)
+    elif damage == "huge class":
+        arrays["latents_classes"][5, 3] = 10**12
+        _write_zip(path, arrays)
+    else:
+        _write_zip(path, arrays)
+        data = bytearray(path.read_bytes())
+        start = data.index(b"{'descr'")
+        data[start : start + 8] = b"{'dscr':"
+        path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as e:
+        DSprites(path.parent, verify=False, progress=False)
+    _one_line_error(e, path)
+    with pytest.raises(ValueError) as e:
+        DSprites(path.parent, checksum=_sha256(path), progress=False)
+    _one_line_error(e, path)
+    assert not list(path.parent.glob("*.packed.npy*"))

@@ -1,5 +1,10 @@
+import functools
 import gzip
+import hashlib
+import http.server
+import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -7,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_decomp.data import FashionMNIST32, fashion_mnist
+from pyro_decomp.data.fashion_mnist import FASHION_MNIST_FILES
 
 
 def _idx_images(images):
@@ -106,3 +112,107 @@ def test_bad_arguments():
         FashionMNIST32(torch.zeros(2, 28, 28), torch.zeros(2))
     with pytest.raises(ValueError, match="labels"):
         FashionMNIST32(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(3))
+
+
+def _gzip(data):
+    return gzip.compress(data)
+
+
+def _train_images_gz(tmp_path, train):
+    return tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz", _gzip(_idx_images(train))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "bad crc"])
+def test_damaged_gz_is_one_value_error_and_not_sticky(tmp_path, damage):
+    train, _ = _write_raw(tmp_path)
+    gz, good = _train_images_gz(tmp_path, train)
+    if damage == "truncated":
+        gz.write_bytes(good[: len(good) // 2])
+    elif damage == "not gzip":
+        gz.write_bytes(_idx_images(train))  # the plain IDX bytes under a .gz name
+    else:
+        gz.write_bytes(good[:-8] + bytes(4) + good[-4:])
+    with pytest.raises(ValueError) as e:
+        fashion_mnist(tmp_path)
+    message = str(e.value)
+    assert str(gz) in message and "damaged" in message and "\n" not in message
+    assert "/usr/share/datasets/fashion-mnist" in message and "download=True" in message
+    raw = gz.parent
+    assert not (raw / "train-images-idx3-ubyte").exists()  # nothing partial left to be reused
+    assert not [p for p in raw.iterdir() if p.name.startswith(".")]
+    gz.write_bytes(good)
+    ds = fashion_mnist(tmp_path)
+    assert torch.equal(ds.images, torch.from_numpy(train).to(torch.uint8))
+
+
+def test_partial_unzipped_file_is_not_reused(tmp_path):
+    train, _ = _write_raw(tmp_path)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    target = raw / "train-images-idx3-ubyte"
+    for partial in (b"", _idx_images(train)[:1000]):
+        target.write_bytes(partial)  # newer than the .gz, but not of the size its header announces
+        ds = fashion_mnist(tmp_path)
+        assert torch.equal(ds.images, torch.from_numpy(train).to(torch.uint8))
+
+
+def test_unzipped_file_older_than_its_gz_is_replaced(tmp_path):
+    train, _ = _write_raw(tmp_path)
+    ds = fashion_mnist(tmp_path)
+    assert torch.equal(ds.images, torch.from_numpy(train).to(torch.uint8))
+    gz, _ = _train_images_gz(tmp_path, train)
+    replaced = 255 - train  # same size, other images
+    gz.write_bytes(_gzip(_idx_images(replaced)))
+    target = gz.with_suffix("")
+    os.utime(target, ns=(gz.stat().st_mtime_ns - 10**9,) * 2)
+    ds = fashion_mnist(tmp_path)
+    assert torch.equal(ds.images, torch.from_numpy(replaced).to(torch.uint8))
+
+
+def test_plain_file_of_the_wrong_size_is_named(tmp_path):
+    train, _ = _write_raw(tmp_path, gzipped_train=False)
+    target = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    target.write_bytes(_idx_images(train)[:-5])
+    with pytest.raises(ValueError) as e:
+        fashion_mnist(tmp_path)
+    message = str(e.value)
+    assert str(target) in message and "\n" not in message and "download=True" in message
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_download_replaces_a_damaged_gz(tmp_path, monkeypatch):
+    import torchvision
+
+    train, _ = _write_raw(tmp_path)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    server = tmp_path / "server"
+    server.mkdir()
+    resources = []
+    for name in FASHION_MNIST_FILES:
+        gz = raw / (name + ".gz")
+        data = gz.read_bytes() if gz.exists() else _gzip((raw / name).read_bytes())
+        (server / gz.name).write_bytes(data)
+        resources.append((gz.name, hashlib.md5(data).hexdigest()))
+    handler = functools.partial(_QuietHandler, directory=str(server))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        mirror = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [mirror])
+        monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
+        gz = raw / "train-images-idx3-ubyte.gz"
+        good = gz.read_bytes()
+        assert good == (server / gz.name).read_bytes()
+        gz.write_bytes(good[:-20])
+        with pytest.warns(RuntimeWarning, match="damaged") as record:
+            ds = fashion_mnist(tmp_path, download=True)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert str(gz) in str(record[0].message)
+    assert gz.read_bytes() == good and torch.equal(ds.images, torch.from_numpy(train).to(torch.uint8))

@@ -1,5 +1,9 @@
+import contextlib
 import math
+import os
 import pickle
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -7,6 +11,7 @@ import torch
 
 import pyro_decomp.data.shapes as shapes_module
 from pyro_decomp.data import GroundTruthData, Shapes
+from pyro_decomp.data.ground_truth import write_packed_atomically
 from pyro_decomp.data.shapes import FULL_SIZES, SHAPES_FACTOR_NAMES, render_shapes
 
 STEP = 2 * math.pi / 39  # the orientation grid step, 9.23°
@@ -310,17 +315,26 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     assert torch.equal(again.images(again.all_factors()), expected)
 
 
-def test_subset_reads_the_full_cache_when_present(tmp_path):
+@pytest.fixture
+def big_root(tmp_path):
+    """A directory for full-grid caches (377 MB each), deleted after the test."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_subset_reads_the_full_cache_when_present(big_root):
+    tmp_path = big_root
     # a sparse stand-in for the full-grid cache holding only this subset's images at their full-grid
     # positions: the subset must find them there (index mapping) rather than render
     small = Shapes(subsample=_subset(), cache=False, progress=False)
     full_index = _FullGrid().index_from_factors(small.all_factors() * torch.tensor(small.steps))
     path = tmp_path / f"shapes_v{shapes_module.RENDER_VERSION}_full.npy"
-    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(737280, 64, 8))
+    store = np.zeros((737280, 64, 8), dtype=np.uint8)
     store[full_index.numpy()] = np.packbits(
         small.images(small.all_factors(), dtype=torch.uint8)[:, 0], axis=-1
     )
-    store.flush()
+    tag, _ = shapes_module._cache_source((1, 1, 1, 1, 1))
+    write_packed_atomically(path, 737280, np.array_split(store, 16), source=(tag,))
     del store
     ds = Shapes(root=tmp_path, subsample=_subset(), progress=False)
     assert ds.cache_path == path and len(ds) == 192
@@ -349,3 +363,95 @@ def test_unwritable_root_renders_in_memory(tmp_path, monkeypatch):
         ds = Shapes(root=tmp_path, subsample=_subset(), progress=False, cache=True)
     assert ds.cache_path is None and ds._storage.in_memory
     assert torch.equal(ds.images(ds.all_factors()), ds.render(ds.all_factors()))
+
+
+def _payload_offset(path):
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+def _damage(path, how):
+    """Flip one bit of, or zero, the image bytes of a packed cache, keeping its size and modification time."""
+    stat = path.stat()
+    offset = _payload_offset(path)
+    data = bytearray(path.read_bytes())
+    payload = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if how == "bit flip":
+        data[offset + int(np.flatnonzero(payload)[0])] ^= 0x10
+    else:
+        data[offset:] = bytes(len(data) - offset)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@contextlib.contextmanager
+def _no_rendering(monkeypatch):
+    """Fail on any warning or any rendering inside the block."""
+
+    def refuse(*args):
+        raise AssertionError("rendered although the cache is good")
+
+    with monkeypatch.context() as m, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.setattr(shapes_module, "_render_blocks", refuse)
+        yield
+
+
+@pytest.mark.parametrize("how", ["bit flip", "zeroed images"])
+def test_damaged_cache_is_detected_and_rebuilt(tmp_path, monkeypatch, how):
+    ds = Shapes(root=tmp_path, subsample=_subset(), progress=False, cache=True)
+    f = ds.all_factors()
+    expected = ds.render(f)
+    assert torch.equal(ds.images(f), expected)
+    _damage(ds.cache_path, how)
+    with pytest.warns(RuntimeWarning, match="damaged") as record:
+        again = Shapes(root=tmp_path, subsample=_subset(), progress=False, cache=True)
+    assert str(ds.cache_path) in str(record[0].message)
+    assert torch.equal(again.images(f), expected)
+    # the rebuilt cache verifies and is served as it is
+    with _no_rendering(monkeypatch):
+        third = Shapes(root=tmp_path, subsample=_subset(), progress=False, cache=True)
+        assert torch.equal(third.images(f), expected)
+
+
+def test_cache_of_another_grid_is_not_served(tmp_path, monkeypatch):
+    other = {"scale": 3, "orientation": 20, "position_x": 4, "position_y": 16}  # 192 images too
+    a = Shapes(root=tmp_path, subsample=_subset(), progress=False, cache=True)
+    b = Shapes(root=tmp_path, subsample=other, progress=False, cache=True)
+    assert len(a) == len(b) and a.cache_path != b.cache_path
+    shutil.copy2(a.cache_path, b.cache_path)
+    with pytest.warns(RuntimeWarning, match="another source") as record:
+        again = Shapes(root=tmp_path, subsample=other, progress=False, cache=True)
+    assert str(b.cache_path) in str(record[0].message)
+    assert torch.equal(again.images(again.all_factors()), again.render(again.all_factors()))
+    with _no_rendering(monkeypatch):
+        Shapes(root=tmp_path, subsample=_subset(), progress=False, cache=True)
+        Shapes(root=tmp_path, subsample=other, progress=False, cache=True)
+
+
+def test_damaged_full_grid_cache_is_rebuilt(big_root, monkeypatch):
+    tmp_path = big_root
+    full = Shapes(root=tmp_path, progress=False)
+    assert full.cache_path == full.full_cache_path and len(full) == 737280
+    gen = torch.Generator().manual_seed(3)
+    f = full.sample_factors(64, gen)
+    expected = full.render(f)
+    assert torch.equal(full.images(f), expected)
+    index = full.index_from_factors(f)
+    # zero the packed bytes of the sampled images only: the header and the size still look right
+    offset = _payload_offset(full.cache_path)
+    stat = full.cache_path.stat()
+    with open(full.cache_path, "r+b") as out:
+        for i in index.tolist():
+            out.seek(offset + 512 * i)
+            out.write(bytes(512))
+    os.utime(full.cache_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        sub = Shapes(root=tmp_path, subsample=_subset(), progress=False)
+    assert sub.cache_path == full.full_cache_path
+    with _no_rendering(monkeypatch):
+        again = Shapes(root=tmp_path, progress=False)
+        assert torch.equal(again.images(f), expected)
+        assert torch.equal(sub.images(sub.all_factors()), sub.render(sub.all_factors()))

@@ -1,6 +1,8 @@
+import itertools
 import math
 
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import pytest
 import scipy.special as sp
@@ -9,6 +11,7 @@ from torch import nn
 
 from pyro_decomp import DecompVAE
 from pyro_decomp.metrics import (
+    adjusted_rand_index,
     alignment,
     disentanglement_score,
     hoyer_sparsity,
@@ -610,3 +613,142 @@ def test_alignment_with_named_divergences(name):
 def test_alignment_bad_divergence():
     with pytest.raises(ValueError, match="divergence"):
         alignment(scaled_vae(0.6, 0.8), torch.randn(10, 2), 3.0)
+
+
+class ScaleDecoder(nn.Module):
+    """``z -> (W z + b, scale(z))``: the linear-Gaussian decoder with a per-point scale, either the constant σ
+    or ``σ · (1 + softplus(v · z))`` when ``varying``."""
+
+    predicts_scale = True
+
+    def __init__(self, linear, sigma, varying=False):
+        super().__init__()
+        self.linear = linear
+        self.sigma = sigma
+        self.varying = varying
+        self.register_buffer("v", torch.tensor([0.7, -1.3], dtype=linear.weight.dtype))
+
+    def forward(self, z):
+        loc = self.linear(z)
+        if not self.varying:
+            return loc, torch.full_like(loc, self.sigma)
+        factor = 1 + nn.functional.softplus(z @ self.v)
+        return loc, self.sigma * factor.unsqueeze(-1).expand_as(loc)
+
+
+def scale_decoder_vae(varying, sigma=0.5):
+    vae, marginal, posterior = linear_gaussian(sigma=sigma)
+    tuple_vae = DecompVAE(
+        vae.encoder, ScaleDecoder(vae.decoder, sigma, varying), vae.prior_distribution(), likelihood="normal"
+    ).double()
+    assert not hasattr(tuple_vae, "log_obs_scale")
+    return vae, tuple_vae, marginal
+
+
+def test_iwae_with_a_decoder_scale_equal_to_the_global_one():
+    # the predicted scale σ equals the global one: the same draws give the same estimate, and with the true
+    # posterior it is exact
+    vae, tuple_vae, marginal = scale_decoder_vae(varying=False)
+    x = marginal.sample((16,))
+    for s, batch_size in ((1, None), (30, None), (30, 7)):
+        pyro.set_rng_seed(3)
+        ours = iwae_log_likelihood(tuple_vae, x, num_samples=s, batch_size=batch_size)
+        pyro.set_rng_seed(3)
+        theirs = iwae_log_likelihood(vae, x, num_samples=s, batch_size=batch_size)
+        assert ours.shape == (16,)
+        assert torch.allclose(ours, theirs, atol=1e-12)
+        assert torch.allclose(ours, marginal.log_prob(x), atol=1e-10)
+
+
+def test_iwae_with_a_varying_decoder_scale_matches_a_loop():
+    # log p̂(x_b) = logsumexp_s [Σ_i log N(x_bi; μ_i(z_s), σ_i(z_s)) + log p(z_s) − log q(z_s|x_b)] − log S,
+    # written one sample and one point at a time on the same draws
+    _, vae, marginal = scale_decoder_vae(varying=True)
+    x = marginal.sample((5,))
+    S = 12
+    pyro.set_rng_seed(7)
+    est = iwae_log_likelihood(vae, x, num_samples=S)
+    pyro.set_rng_seed(7)
+    q = vae.encoder_distribution(x)
+    z = q.sample((S,))
+    prior = vae.prior_distribution()
+    expected = torch.empty(5, dtype=x.dtype)
+    for b in range(5):
+        log_w = []
+        for s in range(S):
+            loc, scale = vae.decoder(z[s, b])
+            log_lik = torch.distributions.Normal(loc, scale).log_prob(x[b]).sum()
+            qb = torch.distributions.Normal(q.base_dist.loc[b], q.base_dist.scale[b])
+            log_w.append(log_lik + prior.log_prob(z[s, b]) - qb.log_prob(z[s, b]).sum())
+        expected[b] = torch.logsumexp(torch.stack(log_w), 0) - math.log(S)
+    assert torch.allclose(est, expected, atol=1e-10)
+    # the varying scale does change the estimate
+    _, constant, _ = scale_decoder_vae(varying=False)
+    pyro.set_rng_seed(7)
+    assert (iwae_log_likelihood(constant, x, num_samples=S) != est).all()
+
+
+# ------------------------------------------------------------------------------------- adjusted Rand index
+def brute_force_ari(a, b):
+    """Hubert & Arabie's index by counting every pair of points once (a loop over the N(N-1)/2 pairs)."""
+    both = same_a = same_b = 0
+    pairs = 0
+    for i, j in itertools.combinations(range(len(a)), 2):
+        sa, sb = a[i] == a[j], b[i] == b[j]
+        both += sa and sb
+        same_a += sa
+        same_b += sb
+        pairs += 1
+    expected = same_a * same_b / pairs
+    maximum = (same_a + same_b) / 2
+    return 1.0 if maximum == expected else (both - expected) / (maximum - expected)
+
+
+def test_ari_hand_examples():
+    # [0,0,1,1] vs [0,0,1,2]: table n_ij = {2, 1, 1} -> Σ C(n_ij) = 1; rows (2, 2) -> 2;
+    # columns (2, 1, 1) -> 1; C(4) = 6, E = 2·1/6 = 1/3, max = 3/2: ARI = (1 − 1/3) / (3/2 − 1/3) = 4/7
+    assert adjusted_rand_index(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 2])) == pytest.approx(4 / 7)
+    # [0,0,0,1,1,1] vs [0,0,1,1,2,2]: Σ C(n_ij) = 2; rows 3 + 3 = 6; columns 1 + 1 + 1 = 3; C(6) = 15,
+    # E = 6·3/15 = 1.2, max = 4.5: ARI = 0.8 / 3.3 = 8/33
+    a, b = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 1, 2, 2])
+    assert adjusted_rand_index(a, b) == pytest.approx(8 / 33)
+    # perfectly anti-aligned pairs: [0,0,1,1] vs [0,1,0,1]: Σ C(n_ij) = 0, rows 2, columns 2, E = 4/6,
+    # max = 2: ARI = (0 − 2/3) / (2 − 2/3) = −1/2
+    assert adjusted_rand_index(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])) == pytest.approx(-0.5)
+
+
+def test_ari_matches_pair_counting_and_invariances():
+    gen = torch.Generator().manual_seed(0)
+    for n, ka, kb in ((30, 3, 4), (41, 5, 2), (25, 1, 3), (20, 20, 4)):
+        a = torch.randint(0, ka, (n,), generator=gen)
+        b = torch.randint(0, kb, (n,), generator=gen)
+        expected = brute_force_ari(a.tolist(), b.tolist())
+        assert adjusted_rand_index(a, b) == pytest.approx(expected, abs=1e-12)
+        # symmetric, and only the partitions matter: relabel both with arbitrary values
+        assert adjusted_rand_index(b, a) == pytest.approx(expected, abs=1e-12)
+        relabel = torch.randperm(ka, generator=gen) * 7 - 3
+        assert adjusted_rand_index(relabel[a], b) == pytest.approx(expected, abs=1e-12)
+    labels = torch.randint(0, 4, (50,), generator=gen)
+    assert adjusted_rand_index(labels, (labels + 1) % 4) == 1.0
+    assert adjusted_rand_index(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long)) == 1.0
+
+
+def test_ari_is_zero_in_expectation_under_permutation():
+    # ARI is corrected for chance under the permutation model: E[ARI] = 0 exactly when b is a random
+    # permutation of fixed labels. The mean of M = 400 permutations is within 4 standard errors (its spread
+    # over those permutations / √M) of 0.
+    gen = torch.Generator().manual_seed(1)
+    a = torch.arange(4).repeat_interleave(50)
+    b = torch.arange(5).repeat(40)
+    values = torch.tensor([adjusted_rand_index(a, b[torch.randperm(200, generator=gen)]) for _ in range(400)])
+    se = values.std() / math.sqrt(len(values))
+    assert abs(float(values.mean())) < 4 * float(se)
+
+
+def test_ari_errors():
+    with pytest.raises(ValueError, match="same length"):
+        adjusted_rand_index(torch.tensor([0, 1, 1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="integer"):
+        adjusted_rand_index(torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="at least 2"):
+        adjusted_rand_index(torch.tensor([0]), torch.tensor([0]))

@@ -63,3 +63,51 @@ def test_bad_sizes_rejected():
         MLPEncoder(3, 0)
     with pytest.raises(ValueError, match="output must be"):
         DCGANDecoder32(3, output="tanh")
+
+
+# ---------------------------------------------------------- a decoder that predicts its likelihood's scale
+@pytest.mark.parametrize("out_shape,hidden", [(3, (11,)), ((2, 4), (7, 5)), (2, ())])
+def test_mlp_decoder_scale_head_shapes_and_positivity(out_shape, hidden):
+    dec = MLPDecoder(5, out_shape, hidden=hidden, scale="decoder")
+    obs = (out_shape,) if isinstance(out_shape, int) else out_shape
+    assert dec.predicts_scale
+    for lead in ((4,), (3, 4), ()):
+        loc, scale = dec(torch.randn(*lead, 5) * 10)
+        assert loc.shape == scale.shape == (*lead, *obs)
+        assert (scale > 0).all() and torch.isfinite(scale).all()
+
+
+def test_mlp_decoder_scale_head_is_the_papers_second_head():
+    # loc = fc31(h), scale = softplus(fc32(h)) + 1e-4 on the same hidden layer h; the location head and the
+    # body are those of scale="global", so the same seed gives the same location
+    torch.manual_seed(0)
+    glob = MLPDecoder(2, 2)
+    torch.manual_seed(0)
+    dec = MLPDecoder(2, 2, scale="decoder")
+    assert not glob.predicts_scale
+    z = torch.randn(6, 2)
+    loc, scale = dec(z)
+    assert torch.equal(loc, glob(z))
+    h = dec.net[:-1](z)
+    assert h.shape == (6, 100)
+    expected = torch.nn.functional.softplus(h @ dec.raw_scale.weight.T + dec.raw_scale.bias) + 1e-4
+    assert torch.allclose(scale, expected)
+    # a zero scale head starts at the paper's softplus(0) = log 2
+    with torch.no_grad():
+        dec.raw_scale.weight.zero_()
+        dec.raw_scale.bias.zero_()
+    assert torch.allclose(dec(z)[1], torch.full((6, 2), torch.log(torch.tensor(2.0)).item() + 1e-4))
+    # global keeps its state dict keys; decoder adds the scale head
+    assert set(dec.state_dict()) == set(glob.state_dict()) | {"raw_scale.weight", "raw_scale.bias"}
+
+
+def test_mlp_decoder_scale_never_underflows():
+    dec = MLPDecoder(2, 2, scale="decoder")
+    with torch.no_grad():
+        dec.raw_scale.bias.fill_(-1e4)
+    assert (dec(torch.randn(3, 2))[1] >= 1e-4).all()
+
+
+def test_mlp_decoder_bad_scale_option_named():
+    with pytest.raises(ValueError, match=r"scale must be one of \('global', 'decoder'\), got 'pixel'"):
+        MLPDecoder(2, 3, scale="pixel")

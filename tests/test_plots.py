@@ -3,12 +3,16 @@ import math
 import struct
 
 import matplotlib
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
+from matplotlib.contour import ContourSet
+from matplotlib.image import AxesImage
+from matplotlib.text import Annotation, Text
 from torch import nn
 
-from pyro_decomp import DecompVAE
+from pyro_decomp import DecompVAE, plots
 from pyro_decomp.plots import (
     CELL,
     latent_traversal,
@@ -207,3 +211,319 @@ def test_figure_size_arguments_are_checked(tmp_path):
         plot_samples(images(4), tmp_path / "bad.png", dpi=-1)
     assert not (tmp_path / "bad.png").exists()
     assert math.isclose(CELL * 8 * 100, 640)
+
+
+# ---------------------------------------------------------------------------------------------- readability
+def is_colorbar(ax):
+    return hasattr(ax, "_colorbar")
+
+
+def titles(ax):
+    return [ax.get_title(loc) for loc in ("left", "center", "right") if ax.get_title(loc).strip()]
+
+
+def shown_text(labels):
+    return [t.get_text() for t in labels if t.get_visible() and t.get_text().strip()]
+
+
+def is_image_grid(ax):
+    """An axes that shows pictures rather than quantities: images, and nothing written along its x axis."""
+    has_image = any(isinstance(a, AxesImage) for a in ax.get_children())
+    return has_image and not (ax.axison and (shown_text(ax.get_xticklabels()) or ax.get_xlabel().strip()))
+
+
+def axis_labelled(ax, which):
+    """The axis names its quantity, itself or, when it shares the axis and hides its tick labels, on a
+    sibling (the bottom panel of a column of panels with a common x axis)."""
+    if getattr(ax, f"get_{which}label")().strip():
+        return True
+    shared = getattr(ax, f"get_shared_{which}_axes")().get_siblings(ax)
+    hidden = not shown_text(getattr(ax, f"get_{which}ticklabels")())
+    return hidden and any(getattr(s, f"get_{which}label")().strip() for s in shared if s is not ax)
+
+
+def readability_problems(fig):
+    """What keeps ``fig`` from reading without the code: missing titles and axis labels."""
+    problems = []
+    suptitle = fig._suptitle.get_text().strip() if fig._suptitle is not None else ""
+    panels = [ax for ax in fig.axes if ax.get_visible() and not is_colorbar(ax)]
+    if not panels:
+        return ["the figure has no axes"]
+    if not suptitle and not any(titles(ax) for ax in panels):
+        problems.append("the figure has no title")
+    for n, ax in enumerate(fig.axes):
+        if not ax.get_visible():
+            continue
+        if is_colorbar(ax):
+            if not (ax.get_ylabel().strip() or ax.get_xlabel().strip()):
+                problems.append(f"colorbar {n} has no label")
+        elif is_image_grid(ax):
+            if not (titles(ax) or suptitle or shown_text(ax.get_yticklabels()) or ax.texts):
+                problems.append(f"image grid {n} has neither a title nor row labels")
+        else:
+            if not titles(ax):
+                problems.append(f"panel {n} has no title")
+            for which in ("x", "y"):
+                if not axis_labelled(ax, which):
+                    problems.append(f"panel {n} ({titles(ax)}) has no {which} label")
+    return problems
+
+
+def drawn_texts(fig):
+    """(text, window extent in pixels) of every text drawn when the figure is rendered."""
+    drawn = []
+    real = Text.draw
+
+    def draw(self, renderer):
+        real(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self.get_text(), self.get_window_extent(renderer)))
+
+    Text.draw = draw
+    try:
+        fig.canvas.draw()
+    finally:
+        Text.draw = real
+    return drawn
+
+
+def clipped_texts(fig):
+    """The texts that do not lie wholly inside the saved image (the figure's extent, 1 px tolerance)."""
+    width, height = fig.bbox.width, fig.bbox.height
+    return [
+        (text, tuple(round(v) for v in box.extents))
+        for text, box in drawn_texts(fig)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1
+    ]
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """The figures the module saves, checked before saving and kept (not cleared) for inspection."""
+    figures = []
+    real = plots._save
+
+    def save(fig, path):
+        figures.append((fig, readability_problems(fig), clipped_texts(fig)))
+        fig.clear = lambda *args, **kwargs: None
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return figures
+
+
+def pinwheel_like(n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    arm = torch.randint(0, 5, (n,), generator=g)
+    radius = 0.3 + torch.rand(n, generator=g) * 2.0
+    angle = arm * (2 * math.pi / 5) + 0.35 * radius + 0.08 * torch.randn(n, generator=g)
+    return torch.stack([radius * angle.cos(), radius * angle.sin()], -1)
+
+
+def blobs(n, size, channels=1, seed=0):
+    """Random Gaussian blobs in [0, 1], ``(n, channels, size, size)``."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    centre = torch.rand(n, 2, 1, 1, generator=g) * 0.6 + 0.2
+    width = torch.rand(n, 1, 1, generator=g) * 0.1 + 0.05
+    blob = torch.exp(-((xx - centre[:, 0]) ** 2 + (yy - centre[:, 1]) ** 2) / (2 * width**2))
+    tint = torch.rand(n, channels, 1, 1, generator=g) * 0.5 + 0.5
+    return (blob[:, None] * tint).clamp(0, 1)
+
+
+def mixture_prior():
+    locs = torch.tensor([[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]])
+    return dist.MixtureSameFamily(dist.Categorical(torch.ones(4)), dist.Normal(locs, 0.17).to_event(1))
+
+
+def curve_records(epochs=30, every=5):
+    records = []
+    for e in range(epochs):
+        r = {"epoch": e, "loss": 120 / (e + 1) + 80, "reconstruction": -70 - 40 / (e + 1)}
+        r.update(kl=9.0 + 0.1 * e, divergence=0.5 / (e + 1))
+        if e % every == every - 1:
+            r.update(heldout_loss=r["loss"] + 3, heldout_reconstruction=r["reconstruction"] - 3)
+            r.update(heldout_kl=r["kl"] + 0.2)
+        records.append(r)
+    return records
+
+
+def sweep():
+    """A sweep whose points cluster: labels at a fixed offset would collide."""
+    runs = []
+    for k, prior in enumerate(("normal", "student-t", "spike-and-slab")):
+        for beta in (0.5, 1, 2, 4, 8):
+            runs.append(
+                {
+                    "prior": prior,
+                    "beta": beta,
+                    "reconstruction": -30 - 2 * beta - 0.2 * k,
+                    "disentanglement": 0.6 + 0.005 * beta + 0.001 * k,
+                }
+            )
+    return runs
+
+
+# one or more calls per public plotting function, at the default figure size
+CASES = {
+    "plot_reconstructions": {
+        "images 32x32": lambda p: plot_reconstructions(blobs(16, 32), blobs(16, 32, seed=1), p),
+        "rgb 64x64": lambda p: plot_reconstructions(blobs(12, 64, 3), blobs(12, 64, 3, seed=1), p, ncol=6),
+        "points": lambda p: plot_reconstructions(pinwheel_like(), pinwheel_like() * 0.95, p),
+    },
+    "plot_samples": {
+        "images 64x64": lambda p: plot_samples(blobs(64, 64), p),
+        "points": lambda p: plot_samples(pinwheel_like(), p),
+    },
+    "plot_traversals": {
+        "10-D with values": lambda p: plot_traversals(
+            blobs(90, 32).view(10, 9, 1, 32, 32), p, values=torch.linspace(-3, 3, 9)
+        ),
+        "without values": lambda p: plot_traversals(blobs(15, 64).view(3, 5, 64, 64), p, dims=[0, 4, 7]),
+    },
+    "plot_aggregate_posterior": {
+        "2-D mixture": lambda p: plot_aggregate_posterior(pinwheel_like(2000), mixture_prior(), p),
+        "10-D": lambda p: plot_aggregate_posterior(
+            torch.randn(2000, 10) * 1.3, dist.Normal(torch.zeros(10), torch.ones(10)).to_event(1), p
+        ),
+    },
+    "plot_latent_magnitude": {
+        "3 classes": lambda p: plot_latent_magnitude(torch.randn(90, 4), torch.arange(90) % 3, p),
+        "5 classes": lambda p: plot_latent_magnitude(
+            torch.randn(100, 6), torch.arange(100) % 5, p, normalise=False
+        ),
+        "10 classes": lambda p: plot_latent_magnitude(
+            torch.randn(500, 10) + 3 * torch.eye(10)[torch.arange(500) % 10],
+            torch.arange(500) % 10,
+            p,
+            class_names=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+            + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        ),
+    },
+    "plot_training_curves": {
+        "default keys, held-out": lambda p: plot_training_curves(curve_records(), p),
+        "chosen keys": lambda p: plot_training_curves(curve_records(), p, keys=["loss", "kl", "divergence"]),
+    },
+    "plot_disentanglement_vs_reconstruction": {
+        "sweep": lambda p: plot_disentanglement_vs_reconstruction(sweep(), p),
+        "no groups": lambda p: plot_disentanglement_vs_reconstruction(
+            sweep()[:5], p, x="reconstruction", group=None, label=lambda r: f"beta {r['beta']}"
+        ),
+    },
+}
+
+PLOTTERS = sorted(name for name in plots.__all__ if name.startswith("plot_"))
+
+
+def test_every_plotting_function_is_checked():
+    assert PLOTTERS == sorted(CASES), "give every public plot_* function a case in CASES"
+    assert all(callable(getattr(plots, name)) for name in PLOTTERS)
+
+
+@pytest.mark.parametrize("name, case", [(n, c) for n in CASES for c in CASES[n]])
+def test_figures_have_titles_and_labelled_axes(name, case, saved, tmp_path):
+    CASES[name][case](tmp_path / "figure.png")
+    assert len(saved) == 1 and (tmp_path / "figure.png").stat().st_size > 0
+    _, problems, _ = saved[0]
+    assert problems == [], f"{name} ({case}): {problems}"
+
+
+@pytest.mark.parametrize("name, case", [(n, c) for n in CASES for c in CASES[n]])
+def test_no_text_is_clipped(name, case, saved, tmp_path):
+    CASES[name][case](tmp_path / "figure.png")
+    _, _, clipped = saved[0]
+    assert clipped == [], f"{name} ({case}): text outside the image: {clipped}"
+
+
+def all_texts(fig):
+    texts = []
+    for ax in fig.axes:
+        texts += shown_text(ax.get_yticklabels()) + shown_text(ax.get_xticklabels()) + titles(ax)
+        texts += [t.get_text() for t in ax.texts]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += [t.get_text() for t in legend.get_texts()]
+    return texts + [t.get_text() for t in fig.texts]
+
+
+def test_reconstruction_rows_are_labelled(saved, tmp_path):
+    plot_reconstructions(blobs(12, 32), blobs(12, 32, seed=1), tmp_path / "images.png", ncol=5)
+    plot_reconstructions(pinwheel_like(), pinwheel_like() * 0.9, tmp_path / "points.png")
+    for fig, _, _ in saved:
+        texts = all_texts(fig)
+        assert "data" in texts and "reconstruction" in texts
+    # the image grid: one label per row, originals and reconstructions alternating
+    grid = saved[0][0].axes[0]
+    assert shown_text(grid.get_yticklabels()) == ["data", "reconstruction"] * 3
+
+
+def test_traversal_rows_and_columns_are_labelled(saved, tmp_path):
+    values = torch.linspace(-2, 2, 5)
+    plot_traversals(blobs(15, 16).view(3, 5, 1, 16, 16), tmp_path / "t.png", values=values, dims=[1, 4, 6])
+    ax = saved[0][0].axes[0]
+    assert shown_text(ax.get_yticklabels()) == ["$z_{1}$", "$z_{4}$", "$z_{6}$"]
+    assert shown_text(ax.get_xticklabels()) == [f"{v:.3g}" for v in values.tolist()]
+    assert "dimension" in ax.get_ylabel() and "value" in ax.get_xlabel()
+
+
+def test_prior_contours_stay_above_the_density_floor(saved, tmp_path):
+    """Contours at levels near the grid's floor (where the density underflows) trace the corners."""
+    prior = mixture_prior()
+    plot_aggregate_posterior(pinwheel_like(2000) * 1.5, prior, tmp_path / "q.png")
+    fig = saved[0][0]
+    contours = [c for ax in fig.axes for c in ax.collections if isinstance(c, ContourSet)]
+    assert contours, "the prior's contours are drawn over q(z)"
+    levels = np.concatenate([np.asarray(c.levels) for c in contours])
+    images = [ax.images[0] for ax in fig.axes if not is_colorbar(ax) and ax.images]
+    density = np.asarray(images[1].get_array())  # the prior's panel
+    corners = density[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert levels.min() > 0.05 * density.max()
+    assert levels.min() > 100 * corners.max()
+
+
+def test_sweep_labels_do_not_overlap(saved, tmp_path):
+    plot_disentanglement_vs_reconstruction(sweep(), tmp_path / "sweep.png")
+    fig = saved[0][0]
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[0].texts if isinstance(t, Annotation)]
+    assert len(labels) == len(sweep())
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text, not its leader line
+    overlapping = [
+        (labels[i].get_text(), labels[j].get_text())
+        for i in range(len(boxes))
+        for j in range(i + 1, len(boxes))
+        if boxes[i].overlaps(boxes[j])
+    ]
+    assert overlapping == []
+
+
+def lines_by_label(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_training_curves_show_heldout_values(saved, tmp_path):
+    records = curve_records(epochs=12, every=3)
+    plot_training_curves(records, tmp_path / "curves.png")
+    fig = saved[0][0]
+    axes = [ax for ax in fig.axes if not is_colorbar(ax)]
+    assert len(axes) == 4  # loss, reconstruction, kl, divergence: the held-out values share their panels
+    for ax, key in zip(axes, ("loss", "reconstruction", "kl", "divergence")):
+        lines = lines_by_label(ax)
+        assert list(lines.get("training").get_xdata()) == list(range(12))
+        if key == "divergence":
+            assert "held-out" not in lines
+            continue
+        heldout = lines["held-out"]
+        assert list(heldout.get_xdata()) == [2, 5, 8, 11]
+        assert list(heldout.get_ydata()) == [r["heldout_" + key] for r in records if "heldout_" + key in r]
+        assert heldout.get_marker() not in (None, "None", "")
+        assert sorted(shown_text(ax.get_legend().get_texts())) == ["held-out", "training"]
+    # the old call forms: chosen keys, and held-out values left out (their keys then get panels of their own)
+    plot_training_curves(records, tmp_path / "two.png", keys=["loss", "kl"])
+    assert [list(lines_by_label(ax)) for ax in saved[1][0].axes] == [["training", "held-out"]] * 2
+    plot_training_curves(records, tmp_path / "plain.png", heldout=False)
+    axes = saved[2][0].axes
+    assert len(axes) == 7 and all(list(lines_by_label(ax)) == ["training"] for ax in axes)
+    assert axes[-1].get_xlabel() == "epoch"

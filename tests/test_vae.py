@@ -11,6 +11,7 @@ from pyro.optim import Adam
 
 from pyro_decomp import DecompVAE
 from pyro_decomp.data import pinwheel
+from pyro_decomp.elbo import DecompositionELBO
 from pyro_decomp.nets import ConvDecoder64, ConvEncoder64, MLPDecoder, MLPEncoder
 from pyro_decomp.priors import GaussianPrior, pinwheel_mixture
 
@@ -228,3 +229,149 @@ def test_copies_and_pickles_leave_the_caches_behind():
         assert "_prior_cache" not in clone.__dict__
         d = clone.prior_distribution()
         assert d.locs.data_ptr() == clone.prior.locs.data_ptr()
+
+
+# ---------------------------------------------------------- a decoder that predicts its likelihood's scale
+class TupleDecoder(torch.nn.Module):
+    """A user's decoder ``z (..., 2) -> (loc, scale)`` each ``(..., 3)`` that does not declare
+    ``predicts_scale``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 6)
+
+    def forward(self, z):
+        loc, raw = self.lin(z).chunk(2, dim=-1)
+        return loc, torch.nn.functional.softplus(raw) + 0.05
+
+
+def scale_vae(likelihood="normal", d=2, **kw):
+    return DecompVAE(
+        MLPEncoder(2, d), MLPDecoder(d, 2, scale="decoder"), std_normal(d), likelihood=likelihood, **kw
+    )
+
+
+@pytest.mark.parametrize("likelihood,family", [("normal", dist.Normal), ("laplace", dist.Laplace)])
+@pytest.mark.parametrize("dataset_size", [None, 40])
+def test_decoder_scale_log_likelihood_is_per_point(likelihood, family, dataset_size):
+    # log p(x|z) = sum_i log Lik(x_i; loc_i(z), scale_i(z)), scaled by N / B in the data plate
+    vae = scale_vae(likelihood)
+    x, _ = pinwheel(num_per_class=2, seed=4)  # B = 8
+    model_tr, guide_tr = traces(vae, x, dataset_size=dataset_size)
+    z = guide_tr.nodes["z"]["value"]
+    assert torch.equal(model_tr.nodes["z"]["value"], z)
+    loc, scale = vae.decoder(z)
+    assert not torch.allclose(scale, scale[0])  # a per-point scale, not a shared one
+    n = 8 if dataset_size is None else dataset_size
+    expected = (n / 8) * family(loc, scale).log_prob(x).sum()
+    fn = model_tr.nodes["x"]["fn"]
+    assert fn.batch_shape == (8,) and fn.event_shape == (2,)
+    model_tr.compute_log_prob()
+    assert torch.allclose(model_tr.log_prob_sum(lambda name, site: name == "x"), expected)
+
+
+def test_decoder_scale_replaces_the_global_scale_parameter():
+    vae = scale_vae()
+    assert vae.decoder_scale
+    names = {name for name, _ in vae.named_parameters()}
+    assert not hasattr(vae, "log_obs_scale") and "log_obs_scale" not in names
+    assert {"decoder.raw_scale.weight", "decoder.raw_scale.bias"} <= names
+    # every parameter gets a gradient from the loss
+    x, _ = pinwheel(num_per_class=5, seed=2)
+    Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
+    # a tensor decoder keeps the global scale and its state dict; loading it back is unchanged
+    old = make_vae()
+    assert not old.decoder_scale and "log_obs_scale" in old.state_dict()
+    fresh = make_vae()
+    fresh.load_state_dict(old.state_dict())
+    assert torch.equal(fresh.log_obs_scale, old.log_obs_scale)
+    clone = scale_vae()
+    clone.load_state_dict(vae.state_dict())
+    z = torch.randn(4, 2)
+    assert all(torch.equal(a, b) for a, b in zip(clone.decoder(z), vae.decoder(z)))
+
+
+def test_decoder_scale_flag_for_a_users_decoder():
+    x = torch.randn(5, 3)
+    vae = DecompVAE(MLPEncoder(3, 2), TupleDecoder(), std_normal(2), decoder_scale=True)
+    model_tr, guide_tr = traces(vae, x)
+    loc, scale = vae.decoder(guide_tr.nodes["z"]["value"])
+    model_tr.compute_log_prob()
+    expected = dist.Normal(loc, scale).log_prob(x).sum()
+    assert torch.allclose(model_tr.log_prob_sum(lambda name, site: name == "x"), expected)
+    # without the flag the VAE has a global scale: a (loc, scale) decoder is then a clear error
+    vae = DecompVAE(MLPEncoder(3, 2), TupleDecoder(), std_normal(2))
+    with pytest.raises(ValueError, match=r"returned \(loc, scale\).*decoder_scale=True"):
+        vae.model(x)
+    # and the other way round
+    vae = DecompVAE(MLPEncoder(2, 2), MLPDecoder(2, 2), std_normal(2), decoder_scale=True)
+    with pytest.raises(ValueError, match=r"decoder_scale=True.*returned a tensor"):
+        vae.model(torch.randn(5, 2))
+
+
+def test_decoder_scale_with_bernoulli_is_rejected():
+    with pytest.raises(ValueError, match="'bernoulli'.*no scale"):
+        scale_vae("bernoulli")
+    vae = make_vae(likelihood="bernoulli")
+    loc = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="'bernoulli'.*no scale"):
+        vae.likelihood((loc, torch.ones(3, 2)), 1)
+    with pytest.raises(ValueError, match=r"decoder_scale must be True, False or None, got 'yes'"):
+        DecompVAE(MLPEncoder(2, 2), MLPDecoder(2, 2), std_normal(2), decoder_scale="yes")
+
+
+def test_decoder_scale_custom_likelihood_receives_the_pair():
+    vae = scale_vae(lambda params: dist.StudentT(4.0, params[0], params[1]))
+    model_tr, guide_tr = traces(vae, torch.randn(6, 2))
+    assert model_tr.nodes["x"]["fn"].event_shape == (2,)
+    loc, _ = vae.decoder(torch.zeros(3, 2))
+    assert torch.allclose(vae.decode(torch.zeros(3, 2)), loc)  # the Student-t's mean
+
+
+def test_decoder_scale_decode_reconstruct_sample_return_the_location():
+    vae = scale_vae(d=3)
+    z = torch.randn(4, 3)
+    assert torch.equal(vae.decode(z), vae.decoder(z)[0])
+    assert vae.decode(torch.randn(5, 4, 3)).shape == (5, 4, 2)
+    x, _ = pinwheel(num_per_class=2)
+    r = vae.reconstruct(x)
+    assert r.shape == x.shape and torch.equal(r, vae.decoder(vae.encoder(x)[0])[0])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    s = vae.sample(7, generator=g1)
+    assert s.shape == (7, 2) and torch.equal(s, vae.sample(7, generator=g2))
+
+
+def test_decoder_scale_vectorised_particles():
+    vae = scale_vae(d=3)
+    elbo = Trace_ELBO(num_particles=5, vectorize_particles=True, max_plate_nesting=1)
+    loss = elbo.differentiable_loss(vae.model, vae.guide, torch.randn(6, 2))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("beta,alpha", [(1.0, 0.0), (0.0, 1.0)])
+def test_decoder_scale_is_learnt_on_pinwheel(beta, alpha):
+    # the paper's pinwheel setting with its per-point decoder scale σ(z), starting near softplus(0) = 0.69.
+    # Training must move it far beyond float noise, towards the maximum-likelihood scale: for a Normal,
+    # argmax_σ E[log N(x; μ, σ)] = sqrt(E[(x − μ)²]), the root mean square of the residuals at z ~ q(z|x)
+    pyro.set_rng_seed(0)
+    x, _ = pinwheel(num_per_class=25, seed=0)
+    vae = DecompVAE(MLPEncoder(2, 2), MLPDecoder(2, 2, scale="decoder"), pinwheel_mixture())
+
+    def mean_scale_and_rms_residual():
+        with torch.no_grad():
+            loc, scale = vae.decoder(vae.encoder_distribution(x).sample((20,)))
+            return scale.mean().item(), (x - loc).square().mean().sqrt().item()
+
+    before, _ = mean_scale_and_rms_residual()
+    elbo = DecompositionELBO(beta=beta, alpha=alpha, divergence="inclusive-kl")
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-2}), elbo)
+    losses = torch.tensor([svi.step(x) for _ in range(80)])
+    after, rms = mean_scale_and_rms_residual()
+    assert 0.4 < before < 1.0
+    assert abs(after - before) > 0.2, (before, after)
+    assert 1 / 1.5 < after / rms < 1.5, (after, rms)
+    first, last = losses[:10].mean(), losses[-10:].mean()
+    noise = losses[-10:].std()
+    assert last < first - 3 * noise, (first, last, noise)
+    pyro.clear_param_store()

@@ -4,19 +4,28 @@ The files are found (or downloaded) by ``torchvision.datasets.FashionMNIST``; ea
 32×32 by bilinear interpolation (``torchvision.transforms.functional.resize``) and its intensities in [0, 1]
 are clamped to [1e-6, 1 − 1e-6], as the paper's code does, so that a continuous-Bernoulli or Bernoulli
 likelihood never sees an exact 0 or 1.
+
+A gzipped file is unzipped next to itself atomically (a temporary file renamed when complete), and an unzipped
+file is used only when it is at least as new as its ``.gz`` and of the size its IDX header announces, so no
+partial or stale file is ever read. A damaged file raises one :class:`DataFileError` (a ``ValueError``) whose
+message names it and says how to get a good copy.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
+import struct
+import warnings
+import zlib
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from pyro_decomp._atomic import atomic_open
-from pyro_decomp.data.ground_truth import default_data_dir
+from pyro_decomp.data.ground_truth import DataFileError, DownloadError, default_data_dir, one_line
 
 __all__ = ["fashion_mnist", "FashionMNIST32", "FASHION_MNIST_FILES"]
 
@@ -27,6 +36,9 @@ FASHION_MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 EPS = 1e-6
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist/"
+# IDX magic numbers: two zero bytes, the element type (0x08: unsigned byte), the number of dimensions
+_IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
 class FashionMNIST32(torch.utils.data.Dataset):
@@ -67,14 +79,86 @@ class FashionMNIST32(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.targets[i]
 
 
-def _unzip_raw_files(raw: Path) -> None:
-    """Decompress ``<name>.gz`` into ``<name>`` (atomically) where only the gzipped file is present."""
+def _how_to_get(root: Path, raw: Path) -> str:
+    return (
+        f"Put the four Fashion-MNIST IDX files ({', '.join(FASHION_MNIST_FILES)}, plain or .gz) in {raw} "
+        f"(Debian's dataset-fashion-mnist package ships them under {DEBIAN_DIR}), or call "
+        f"fashion_mnist({str(root)!r}, download=True)."
+    )
+
+
+def _how_to_replace(root: Path) -> str:
+    return (
+        f"Delete it and put a good copy in its place (Debian's dataset-fashion-mnist package ships the four "
+        f"files under {DEBIAN_DIR}), or call fashion_mnist({str(root)!r}, download=True)."
+    )
+
+
+def _idx_problem(path: Path, name: str) -> Optional[str]:
+    """What is wrong with the IDX file at ``path`` that should hold ``name``, or ``None``.
+
+    Its first bytes must be the magic number of images (3 dimensions) or labels (1 dimension) of unsigned
+    bytes, and the file exactly as long as the 4-byte header words and the product of the dimensions.
+    """
+    expected = _IDX_MAGIC["images" if "-images-" in name else "labels"]
+    ndim = expected & 0xFF
+    with open(path, "rb") as f:
+        header = f.read(4 * (1 + ndim))
+        size = f.seek(0, 2)
+    if len(header) < 4 * (1 + ndim):
+        return f"has {size} bytes, fewer than an IDX header"
+    magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+    if magic != expected:
+        return f"starts with {magic:#010x}, not the IDX magic number {expected:#010x}"
+    announced = 4 * (1 + ndim) + math.prod(dims)
+    if size != announced:
+        return f"has {size} bytes where its IDX header announces {announced}"
+    return None
+
+
+def _gunzip(packed: Path, target: Path, how: str) -> None:
+    """Decompress ``packed`` into ``target`` atomically; :class:`DataFileError` if it is damaged."""
+    with atomic_open(target) as out:
+        try:
+            with gzip.open(packed, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise DataFileError(
+                one_line(f"{packed} is damaged: not a complete gzip file ({type(e).__name__}: {e}). {how}")
+            ) from e
+        out.flush()
+        problem = _idx_problem(Path(out.name), target.name)
+        if problem is not None:
+            raise DataFileError(one_line(f"{packed} is damaged: it unzips to a file that {problem}. {how}"))
+
+
+def _prepare_raw_files(raw: Path, how: str, download: bool) -> None:
+    """Make each plain IDX file in ``raw`` good: unzip its ``.gz`` when it is missing, older or damaged.
+
+    A damaged file raises :class:`DataFileError`, whose message ends with ``how`` (what to do); with
+    ``download`` it is instead removed, with a warning, so that it is downloaded again.
+    """
     for name in FASHION_MNIST_FILES:
         target, packed = raw / name, raw / (name + ".gz")
-        if target.exists() or not packed.exists():
-            continue
-        with atomic_open(target) as out, gzip.open(packed, "rb") as src:
-            shutil.copyfileobj(src, out)
+        try:
+            if packed.exists():
+                if (
+                    target.exists()
+                    and target.stat().st_mtime_ns >= packed.stat().st_mtime_ns
+                    and _idx_problem(target, name) is None
+                ):
+                    continue
+                _gunzip(packed, target, how)
+            elif target.exists():
+                problem = _idx_problem(target, name)
+                if problem is not None:
+                    raise DataFileError(one_line(f"{target} is truncated or corrupt: it {problem}. {how}"))
+        except DataFileError as e:
+            if not download:
+                raise
+            warnings.warn(f"{e}; downloading it again", RuntimeWarning, stacklevel=3)
+            for path in (target, packed):
+                path.unlink(missing_ok=True)
 
 
 def fashion_mnist(
@@ -91,13 +175,10 @@ def fashion_mnist(
     """
     root = Path(root).expanduser() if root is not None else default_data_dir()
     raw = root / "FashionMNIST" / "raw"
+    how = _how_to_get(root, raw)
     if raw.is_dir():
-        _unzip_raw_files(raw)
+        _prepare_raw_files(raw, _how_to_replace(root), download)
     missing = [name for name in FASHION_MNIST_FILES if not (raw / name).exists()]
-    how = (
-        f"Put the four Fashion-MNIST IDX files ({', '.join(FASHION_MNIST_FILES)}, plain or .gz) in {raw}, "
-        f"or call fashion_mnist({str(root)!r}, download=True)."
-    )
     if missing and not download:
         raise FileNotFoundError(f"Fashion-MNIST files missing from {raw}: {', '.join(missing)}. {how}")
     import torchvision
@@ -106,9 +187,11 @@ def fashion_mnist(
         base = torchvision.datasets.FashionMNIST(str(root), train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, URLError, AssertionError, TypeError, ...
         if missing:
-            raise RuntimeError(f"could not download Fashion-MNIST into {raw} ({e}). {how}") from e
-        raise RuntimeError(
-            f"could not read the Fashion-MNIST IDX files in {raw} ({type(e).__name__}: {e}); they may be "
-            f"truncated or corrupt. Delete them and {how[0].lower() + how[1:]}"
+            raise DownloadError(one_line(f"could not download Fashion-MNIST into {raw} ({e}). {how}")) from e
+        raise DataFileError(
+            one_line(
+                f"could not read the Fashion-MNIST IDX files in {raw} ({type(e).__name__}: {e}); they may be "
+                f"truncated or corrupt. Delete them and {how[0].lower() + how[1:]}"
+            )
         ) from e
     return FashionMNIST32(base.data, base.targets, classes=base.classes)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from pyro_decomp.data.ground_truth import (
     PackedImages,
     default_data_dir,
     load_or_build_packed,
+    source_tag,
 )
 
 __all__ = ["Shapes", "render_shapes", "SHAPES_FACTOR_NAMES", "SHAPE_NAMES"]
@@ -185,6 +186,12 @@ def render_shapes(factors, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.from_numpy(out).to(dtype).reshape(factors.shape[:-1] + (1, IMAGE_SIZE, IMAGE_SIZE))
 
 
+def _cache_source(steps: Sequence[int]) -> Tuple[str, str]:
+    """The source tag of a cache of the grid with these steps, and how a warning names it."""
+    name = f"render version {RENDER_VERSION} of the grid with steps {tuple(steps)}"
+    return source_tag("shapes", RENDER_VERSION, FULL_SIZES, tuple(int(s) for s in steps)), name
+
+
 def _parse_subsample(subsample: Optional[Dict[str, int]]) -> tuple:
     steps = dict.fromkeys(SHAPES_FACTOR_NAMES, 1)
     for name, step in (subsample or {}).items():
@@ -206,12 +213,14 @@ class Shapes(GroundTruthData):
 
     Storage. The full grid is rendered once (vectorised, with a progress bar) into a bit-packed ``.npy``
     cache of 377 MB under ``root``, written atomically (a temporary file renamed when complete, so an
-    interrupted render leaves no cache), and memory-mapped on every later load. A ``subsample`` (every k-th
-    value of some factors) is a smaller complete grid with its own factor indices. It is read from the
-    full-grid cache when that exists; otherwise a subset of at most ``IN_MEMORY_MAX_IMAGES`` (92,160, an
-    eighth of the grid) is rendered in memory without touching the disk, and a larger one gets a cache file
-    of its own. ``cache=True`` or ``False`` forces a cache file or memory. Where ``root`` cannot be written,
-    the images are rendered in memory with a warning.
+    interrupted render leaves no cache), and memory-mapped on every later load, after checking the CRC-32 of
+    its bits and that it was rendered by this ``RENDER_VERSION`` for this grid (0.1 s for the full grid); a
+    cache that fails is rendered again, with a warning. A ``subsample`` (every k-th value of some factors)
+    is a smaller complete grid with its own factor indices. It is read from the full-grid cache when that
+    exists; otherwise a subset of at most ``IN_MEMORY_MAX_IMAGES`` (92,160, an eighth of the grid) is
+    rendered in memory without touching the disk, and a larger one gets a cache file of its own.
+    ``cache=True`` or ``False`` forces a cache file or memory. Where ``root`` cannot be written, the images
+    are rendered in memory with a warning.
 
     :param root: cache directory; default ``$PYRO_DECOMP_DATA`` or ``~/.cache/pyro_decomp``.
     :param dict subsample: factor name → step k ≥ 1, e.g. ``{"orientation": 10, "position_x": 4}``.
@@ -249,7 +258,9 @@ class Shapes(GroundTruthData):
         if self._storage_is_full:
             self.cache_path = self.full_cache_path
             grid_idx = [np.arange(n) for n in FULL_SIZES]
+            source, source_name = _cache_source((1,) * len(FULL_SIZES))
         else:
+            source, source_name = _cache_source(self.steps)
             grid_idx = self._grid_idx
             tag = "_".join(f"{n}{s}" for n, s in self.subsample.items())
             self.cache_path = (
@@ -263,6 +274,9 @@ class Shapes(GroundTruthData):
                     total,
                     lambda: _render_blocks(*grid_idx),
                     lambda: self._progress_bar(total),
+                    "shapes",
+                    source=(source,),
+                    source_name=source_name,
                 )
                 self._storage = PackedImages(path=self.cache_path)
                 return

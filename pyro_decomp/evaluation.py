@@ -1,0 +1,340 @@
+"""A trained run: loading it (:func:`load_run`), judging it (:func:`evaluate`), drawing it
+(:func:`write_figures`).
+
+:func:`evaluate` measures what Mathieu et al. (2019) judge a decomposition by, on held-out points: the loss
+components of the run's objective, the IWAE log-likelihood, the Hoyer sparsity of the encoder means, the two
+factors of decomposition (overlap: I(x; z) and the encoder-to-aggregate variance ratio; alignment:
+D(q(z), p(z))), and on ground-truth data the disentanglement score of Kim & Mnih and MIG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import pyro
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from pyro_decomp import metrics, plots
+from pyro_decomp.build import build
+from pyro_decomp.config import RunConfig, resolve_device
+from pyro_decomp.data.indexing import subset_index, take
+from pyro_decomp.runs import (
+    CHECKPOINT_NAME,
+    EVALUATION_NAME,
+    FIGURES_DIR,
+    METRICS_NAME,
+    Run,
+    load_checkpoint,
+    load_config,
+    lock_run,
+    read_metrics,
+    write_json,
+)
+from pyro_decomp.training import SHOWN, check_writable
+from pyro_decomp.util import module_device
+
+__all__ = ["evaluate", "load_run", "write_figures"]
+
+
+def load_run(run_dir: str, device="cpu") -> Run:
+    """Rebuild a trained run from ``RUN_DIR/config.json`` and ``RUN_DIR/checkpoint.pt``.
+
+    The network initialisation is drawn from a forked generator and the Pyro parameter store is left as it
+    is, so loading a run changes neither the caller's random state nor the caller's parameters.
+
+    :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the trained weights, in eval mode, on
+        ``device``.
+    """
+    config = load_config(run_dir)
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    checkpoint = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME), map_location=dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        vae, elbo, train_set, test_set = build(config)
+    try:
+        vae.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+        raise ValueError(
+            f"the checkpoint of {run_dir} does not fit the model that its config.json describes ({detail}); "
+            "was config.json edited?"
+        ) from None
+    vae.to(dev).eval()
+    return Run(
+        vae=vae,
+        config=config,
+        elbo=elbo,
+        metrics=read_metrics(run_dir),
+        epoch=int(checkpoint["epoch"]),
+        run_dir=run_dir,
+        train_set=train_set,
+        test_set=test_set,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- figures
+@torch.no_grad()
+def _encode(vae, x: torch.Tensor, sample: bool, batch_size: int = 256) -> torch.Tensor:
+    """Encoder means (or one draw of q(z|x) per point) of ``x``, in batches, on the CPU."""
+    device = module_device(vae)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device)
+        out.append((vae.encoder_distribution(xb).sample() if sample else vae.encoder(xb)[0]).cpu())
+    return torch.cat(out)
+
+
+def _labels(dataset: Dataset, y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Classes for the latent-magnitude figure: pinwheel arms, Fashion-MNIST classes, the shape factor."""
+    if y is None:
+        return None
+    if y.dim() == 1:
+        return y.long()
+    names = getattr(dataset, "factor_names", None)
+    if names is not None and "shape" in names:
+        return y[:, list(names).index("shape")].long()
+    return None
+
+
+def write_figures(
+    vae,
+    config: RunConfig,
+    dataset: Dataset,
+    directory: str,
+    *,
+    metrics_path: Optional[str] = None,
+    kinds: Optional[Tuple[str, ...]] = None,
+    max_points: int = 2000,
+    seed: int = 0,
+    progress: bool = False,
+) -> Dict[str, str]:
+    """Draw the figures that fit the run's data into ``directory``; returns ``{name: path}``.
+
+    ``training_curves`` (from ``metrics.jsonl``, training and held-out), ``aggregate_posterior`` (q(z), one
+    draw per point, against p(z)), ``reconstructions``, ``samples``, ``traversals`` (images only) and
+    ``latent_magnitude`` (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all
+    that apply). The model is moved to the CPU.
+    """
+    os.makedirs(directory, exist_ok=True)
+    index = subset_index(len(dataset), max_points, torch.Generator().manual_seed(seed))
+    x, y = take(dataset, index)
+    images = x.dim() == 4
+    labels = _labels(dataset, y)
+    wanted = set(kinds) if kinds is not None else None
+    records = (
+        read_metrics(os.path.dirname(metrics_path)) if metrics_path and os.path.exists(metrics_path) else []
+    )
+    keys = [k for k in SHOWN if records and k in records[-1]]
+
+    def path(name):
+        return os.path.join(directory, name + ".png")
+
+    def shown(t):
+        return t.clamp(0, 1) if images else t
+
+    xs = x[: 16 if images else 400]
+    drawers = {
+        "training_curves": (
+            bool(keys),
+            lambda: plots.plot_training_curves(records, path("training_curves"), keys=keys),
+        ),
+        "aggregate_posterior": (
+            True,
+            lambda: plots.plot_aggregate_posterior(
+                _encode(vae, x, sample=True),
+                vae.prior_distribution(),
+                path("aggregate_posterior"),
+                generator=torch.Generator().manual_seed(seed),
+            ),
+        ),
+        "reconstructions": (
+            True,
+            lambda: plots.plot_reconstructions(xs, shown(vae.reconstruct(xs)), path("reconstructions")),
+        ),
+        "samples": (
+            True,
+            lambda: plots.plot_samples(shown(vae.sample(64 if images else len(xs))), path("samples")),
+        ),
+        "traversals": (
+            images,
+            lambda: plots.plot_traversals(
+                shown(plots.latent_traversal(vae, vae.encoder(x[:1])[0][0])), path("traversals")
+            ),
+        ),
+        "latent_magnitude": (
+            labels is not None,
+            lambda: plots.plot_latent_magnitude(
+                _encode(vae, x, sample=False), labels, path("latent_magnitude")
+            ),
+        ),
+    }
+    todo = [name for name, (applies, _) in drawers.items() if applies and (wanted is None or name in wanted)]
+    out: Dict[str, str] = {}
+    was_training = vae.training
+    vae.cpu().eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for name in tqdm(todo, desc="figures", unit="figure", disable=not progress, leave=False):
+                out[name] = str(drawers[name][1]())
+    finally:
+        vae.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if torch.is_tensor(value):
+        return _finite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _chunks(n: int, size: int, desc: str, progress: bool):
+    return tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress, leave=False)
+
+
+def evaluate(
+    run_dir: str,
+    *,
+    device="cpu",
+    max_points: int = 1000,
+    iwae_samples: int = 100,
+    factor_points: Optional[int] = None,
+    num_votes: int = 20000,
+    votes_size: int = 1000,
+    seed: int = 0,
+    figures: bool = True,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Judge a trained run; writes ``RUN_DIR/evaluation.json`` and figures under ``RUN_DIR/figures``.
+
+    On at most ``max_points`` test points (a seeded random subset): the loss components of the run's
+    objective per data point (``reconstruction`` = E_q log p(x|z), ``kl``, ``divergence`` D̂, ``loss``), the
+    squared reconstruction error of the decoded encoder mean, the IWAE log-likelihood with ``iwae_samples``
+    importance samples, the Hoyer sparsity of the encoder means, the overlap diagnostics (I(x; z) and the
+    encoder-to-aggregate variance ratio) and the alignment D(q(z), p(z)) with the run's divergence. On
+    ground-truth data (shapes, dSprites), also the disentanglement score of Kim & Mnih (``num_votes`` votes
+    of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper) and MIG, on
+    the encoder means of ``factor_points`` points (default all). ``progress`` shows a bar per stage on stderr.
+
+    The run directory is locked while it is evaluated, and checked for writing before any work is done.
+
+    :returns: the dict written to ``evaluation.json`` (non-finite numbers as null).
+    """
+    check_writable(run_dir)
+    if figures:
+        check_writable(os.path.join(run_dir, FIGURES_DIR))
+    with lock_run(run_dir):
+        result = _measure(
+            run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress
+        )
+        run = result.pop("_run")
+        if figures:
+            result["figures"] = write_figures(
+                run.vae,
+                run.config,
+                run.test_set,
+                os.path.join(run_dir, FIGURES_DIR),
+                metrics_path=os.path.join(run_dir, METRICS_NAME),
+                max_points=max_points,
+                seed=seed,
+                progress=progress,
+            )
+        result = _finite(result)
+        write_json(os.path.join(run_dir, EVALUATION_NAME), result)
+    return result
+
+
+def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress):
+    run = load_run(run_dir, device=device)
+    config, vae, elbo, test_set = run.config, run.vae, run.elbo, run.test_set
+    dev = module_device(vae)
+    pyro.set_rng_seed(seed)
+    x, _ = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
+    n = len(x)
+    result: Dict[str, Any] = {
+        "run_dir": os.path.abspath(run_dir),
+        "epoch": run.epoch,
+        "dataset": config.dataset,
+        "test_points": n,
+        "_run": run,
+    }
+    with torch.no_grad():
+        sums: Dict[str, float] = {}
+        used = 0
+        for i in _chunks(n, config.batch_size, "loss components", progress):
+            xb = x[i : i + config.batch_size].to(dev)
+            if len(xb) < 2:  # a single point has no aggregate encoding
+                continue
+            comps = elbo.loss_components(vae.model, vae.guide, xb, dataset_size=len(xb))
+            for k, v in comps.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
+            used += len(xb)
+        result.update({k: v / used for k, v in sums.items()})
+        err = [
+            (vae.reconstruct(x[i : i + 256].to(dev)).cpu() - x[i : i + 256]).square().flatten(1).sum(1)
+            for i in _chunks(n, 256, "reconstructions", progress)
+        ]
+        result["reconstruction_squared_error"] = float(torch.cat(err).mean())
+        ll = torch.cat(
+            [
+                metrics.iwae_log_likelihood(
+                    vae, x[i : i + 64].to(dev), num_samples=iwae_samples, batch_size=8192
+                )
+                for i in _chunks(n, 64, "IWAE", progress)
+            ]
+        ).cpu()
+        result["iwae_log_likelihood"] = {
+            "mean": float(ll.mean()),
+            "standard_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
+            "num_samples": iwae_samples,
+        }
+        codes = _encode(vae, x, sample=False)
+        result["hoyer_sparsity"] = metrics.hoyer_sparsity(codes)
+        ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
+        result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}
+        result["alignment"] = {
+            "divergence": config.divergence,
+            "value": metrics.alignment(
+                vae,
+                x,
+                config.divergence,
+                num_samples=n,
+                batch_size=config.batch_size,
+                generator=torch.Generator().manual_seed(seed),
+            ),
+        }
+        if hasattr(test_set, "factors_from_index"):
+            index = subset_index(len(test_set), factor_points, torch.Generator().manual_seed(seed))
+            xf, factors = take(test_set, index)
+            fcodes = torch.cat(
+                [
+                    _encode(vae, xf[i : i + 4096], sample=False)
+                    for i in _chunks(len(xf), 4096, "encoding", progress)
+                ]
+            )
+            transform = None
+            if config.prior == "student-t":
+                transform = metrics.prior_cdf_transform(vae.prior_distribution())
+            result["disentanglement"] = metrics.disentanglement_score(
+                fcodes,
+                factors,
+                num_votes=num_votes,
+                votes_size=votes_size,
+                generator=torch.Generator().manual_seed(seed),
+                transform=transform,
+            )
+            result["mig"] = metrics.mig(fcodes, factors)
+            result["factor_points"] = len(index)
+    return result

@@ -1,0 +1,89 @@
+"""The run directory: checkpoint format and integrity, RNG state, metrics, lock, clean-up."""
+
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from tiny import params, tiny
+
+from pyro_decomp import runs
+from pyro_decomp.runs import CheckpointError, load_checkpoint, save_checkpoint
+from pyro_decomp.training import train
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    state = runs.get_rng_state()
+    save_checkpoint(state, str(tmp_path / "rng.pt"))
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    first = (torch.rand(3), random.random(), np.random.rand())
+    runs.set_rng_state(loaded)
+    second = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    path = str(tmp_path / "checkpoint.pt")
+    save_checkpoint({"format": runs.CHECKPOINT_FORMAT, "x": torch.ones(3)}, path)
+    before = open(path, "rb").read()
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint({"x": torch.zeros(1000), "bad": Unpicklable()}, path)
+    assert open(path, "rb").read() == before  # the old file survives a write that fails half-way
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # and no temporary file is left behind
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("run") / "run")
+    torch.set_num_threads(1)
+    run = train(tiny(epochs=2), run_dir, progress=False)
+    return run_dir, params(run.vae)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.05])
+def test_truncated_checkpoint_gives_a_clear_error(short_run, tmp_path, keep):
+    data = open(os.path.join(short_run[0], "checkpoint.pt"), "rb").read()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
+        load_checkpoint(str(path))
+    assert str(path) in str(info.value)
+
+
+class _WritesMarker:
+    """Unpickling this calls os.mkdir(marker): harmless, but proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_checkpoint_with_code_is_refused_not_run(tmp_path):
+    marker = str(tmp_path / "code-ran")
+    path = str(tmp_path / "checkpoint.pt")
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "format_version": 1, "model": _WritesMarker(marker)}, path)
+    with pytest.raises(CheckpointError, match="refusing to load") as info:
+        load_checkpoint(path)
+    assert path in str(info.value)
+    assert not os.path.exists(marker)
+    # the payload is live: an unrestricted unpickler would have run it
+    pickle.loads(pickle.dumps(_WritesMarker(marker)))
+    assert os.path.isdir(marker)
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    path = str(tmp_path / "weights.pt")
+    torch.save({"weight": torch.ones(2)}, path)
+    with pytest.raises(CheckpointError, match="not a pyro_decomp checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
