@@ -25,17 +25,18 @@ from pyro.optim import Adam
 from pyro_decomp import DecompVAE, metrics, plots
 from pyro_decomp.data import pinwheel
 from pyro_decomp.elbo import DecompositionELBO
-from pyro_decomp.experiments import adjusted_rand_index
+from pyro_decomp.metrics import adjusted_rand_index
 from pyro_decomp.nets import MLPDecoder, MLPEncoder
 from pyro_decomp.priors import pinwheel_mixture
 
 
 def train(x, beta, alpha, epochs, batch_size=400, lr=1e-3):
     """Fit a pinwheel VAE with the decomposition objective; returns the trained VAE."""
-    # model: the mixture prior, an MLP encoder/decoder with 100 hidden units, a Normal likelihood
+    # model: the mixture prior, an MLP encoder/decoder with 100 hidden units, a Normal likelihood whose
+    # scale the decoder predicts per point (a second head, as the paper's pinwheel decoder)
     vae = DecompVAE(
         MLPEncoder(2, 2, hidden=(100,)),
-        MLPDecoder(2, 2, hidden=(100,)),
+        MLPDecoder(2, 2, hidden=(100,), scale="decoder"),
         pinwheel_mixture(),
         likelihood="normal",
     )
@@ -90,7 +91,6 @@ def main(argv=None):
     for beta, alpha in ((1.0, 0.0), (0.0, 1.0)):
         name = f"beta{beta:g}_alpha{alpha:g}"
         print(f"training with beta={beta:g}, alpha={alpha:g} for {epochs} epochs")
-        pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
         vae = train(x, beta, alpha, epochs)
         results[name] = evaluate(vae, x_test, labels_test, os.path.join(args.out, f"{name}_qz.png"))

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from pyro_decomp.callbacks import TensorBoardCallback
 from pyro_decomp.config import DATASET_DEFAULTS, RESUMABLE, RunConfig, check_device_name, setting_kind
 from pyro_decomp.evaluation import evaluate, write_figures
 from pyro_decomp.experiments import EXPERIMENTS, SCALES, reproduce
@@ -299,9 +300,7 @@ def _resume_changes(args, run_dir: str) -> Dict[str, Any]:
 def _callbacks(args, run_dir: str) -> list:
     if not args.tensorboard:
         return []
-    from pyro_decomp.callbacks import TensorBoardCallback
-
-    return [TensorBoardCallback(os.path.join(run_dir, "tensorboard"))]
+    return [TensorBoardCallback(os.path.join(run_dir, "tensorboard"), figures=not args.no_figures)]
 
 
 def _train(args, parser) -> int:
@@ -330,7 +329,7 @@ def _train(args, parser) -> int:
     except (NonFiniteLossError, CheckpointError, RunLocked) as e:
         print(f"pyro-decomp: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:
         print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # a process of rank > 0 under torchrun

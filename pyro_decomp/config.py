@@ -53,6 +53,7 @@ RESUMABLE = ("epochs", "checkpoint_every", "eval_every", "num_threads", "num_wor
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "pinwheel": {
         "eval_every": 10,
+        "network_options": {"scale": "decoder"},
         "prior": "pinwheel",
         "latent_dim": 2,
         "network": "mlp",
@@ -69,6 +70,7 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "shapes": {
         "eval_every": 0,
+        "network_options": {},
         "prior": "gaussian",
         "latent_dim": 10,
         "network": "conv64",
@@ -85,6 +87,7 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "fashion-mnist": {
         "eval_every": 1,
+        "network_options": {},
         "prior": "sparse",
         "latent_dim": 50,
         "network": "dcgan32",

@@ -27,14 +27,15 @@ from pyro_decomp.runs import (
     EVALUATION_NAME,
     FIGURES_DIR,
     METRICS_NAME,
+    SHOWN,
     Run,
+    check_writable,
     load_checkpoint,
     load_config,
     lock_run,
     read_metrics,
     write_json,
 )
-from pyro_decomp.training import SHOWN, check_writable
 from pyro_decomp.util import module_device
 
 __all__ = ["evaluate", "load_run", "write_figures"]
@@ -71,6 +72,7 @@ def load_run(run_dir: str, device="cpu") -> Run:
         elbo=elbo,
         metrics=read_metrics(run_dir),
         epoch=int(checkpoint["epoch"]),
+        global_step=int(checkpoint["global_step"]),
         run_dir=run_dir,
         train_set=train_set,
         test_set=test_set,

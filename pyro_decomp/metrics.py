@@ -30,6 +30,7 @@ import torch
 import torch.distributions as tdist
 
 from pyro_decomp.data.indexing import first_tensor, take
+from pyro_decomp.divergences import build_divergence
 from pyro_decomp.util import module_device, seeded
 
 __all__ = [
@@ -733,8 +734,6 @@ def alignment(
     if batch_size is not None:
         batch_size = _check_positive_int("batch_size", batch_size)
     if isinstance(divergence, str):
-        from pyro_decomp.divergences import build_divergence
-
         divergence = build_divergence(divergence)
     if not callable(divergence):
         raise ValueError(

@@ -31,6 +31,7 @@ __all__ = [
     "latent_traversal",
     "plot_aggregate_posterior",
     "plot_disentanglement_vs_reconstruction",
+    "plot_encodings_by_arm",
     "plot_latent_magnitude",
     "plot_reconstructions",
     "plot_samples",
@@ -674,4 +675,91 @@ def plot_disentanglement_vs_reconstruction(
         ax.legend(title=group, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     if any(texts):
         _place_labels(ax, points, texts, colors)
+    return _save(fig, path)
+
+
+def plot_encodings_by_arm(
+    codes: Mapping[str, object],
+    prior,
+    path: PathLike,
+    sd_levels: Sequence[float] = (1.0, 2.0),
+    num_prior_samples: int = 5000,
+    generator: Optional[torch.Generator] = None,
+    figsize: FigSize = None,
+    dpi: float = 100,
+    title: Optional[str] = None,
+) -> PathLike:
+    """The 2-D encodings of several arms (models, settings) in one panel, coloured by arm, over the prior.
+
+    ``codes`` maps each arm's legend label to its encodings ``(M, 2)``, e.g. the encoder means of held-out
+    points. The prior p(z) is drawn as its contours at exp(−k²/2) times its maximum density on the plotting
+    grid for each k in ``sd_levels`` (solid, then dashed): for a mixture of well-separated isotropic Gaussian
+    components of equal weight, the circles k standard deviations around each component.
+
+    Prior draws (also used to set the plotting range) come from ``generator`` (default: seed 0), without
+    touching the global random state.
+
+    :param figsize: default ``(6.5, 5)``; the legend sits outside the axes, on the right.
+    :param title: default ``"encodings by arm against the prior p(z)"``.
+    """
+    arms = {str(name): _numpy(z, f"codes[{name!r}]").astype(np.float64) for name, z in codes.items()}
+    if not arms:
+        raise ValueError("codes holds no arms")
+    for name, z in arms.items():
+        if z.ndim != 2 or z.shape[1] != 2 or z.shape[0] < 1:
+            raise ValueError(f"codes[{name!r}] must have shape (M, 2) with M >= 1, got {z.shape}")
+    if tuple(prior.event_shape) != (2,):
+        raise ValueError(f"the prior must have event_shape (2,), got {tuple(prior.event_shape)}")
+    levels_sd = sorted(float(k) for k in sd_levels)
+    if not levels_sd or levels_sd[0] <= 0:
+        raise ValueError(f"sd_levels must be positive numbers, got {sd_levels!r}")
+    gen = torch.Generator().manual_seed(0) if generator is None else generator
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
+        draws = prior.sample((int(num_prior_samples),)).cpu().double().numpy()
+    points = np.concatenate([draws] + list(arms.values()))
+    lo, hi = np.quantile(points, 0.002, axis=0), np.quantile(points, 0.998, axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - 0.1 * span, hi + 0.1 * span
+    xs, ys = np.linspace(lo[0], hi[0], 201), np.linspace(lo[1], hi[1], 201)
+    grid = torch.as_tensor(np.stack(np.meshgrid(xs, ys, indexing="ij"), -1))
+    mean = getattr(prior, "mean", None)
+    with torch.no_grad():
+        dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
+        density = prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
+    fig = _figure(figsize or (6.5, 5), dpi)
+    ax = fig.add_subplot()
+    for name, z in arms.items():
+        ax.scatter(z[:, 0], z[:, 1], s=8, alpha=0.5, linewidths=0, label=name)
+    top = density.max()
+    styles = ("solid", "dashed", "dotted", "dashdot")
+    if top > 0:
+        for i, k in enumerate(levels_sd):
+            ax.contour(
+                xs,
+                ys,
+                density.T,
+                levels=[top * math.exp(-(k**2) / 2)],
+                colors="black",
+                linewidths=0.8,
+                linestyles=styles[i % len(styles)],
+            )
+            ax.plot(
+                [],
+                [],
+                color="black",
+                linewidth=0.8,
+                linestyle=styles[i % len(styles)],
+                label=f"p(z): {k:g} sd",
+            )
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(_coordinate("z", 0))
+    ax.set_ylabel(_coordinate("z", 1))
+    ax.set_title("encodings by arm against the prior p(z)" if title is None else title, fontsize=10)
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    for handle in legend.legend_handles:
+        if hasattr(handle, "set_alpha"):
+            handle.set_alpha(1.0)
     return _save(fig, path)

@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
@@ -49,6 +50,10 @@ __all__ = [
     "Run",
     "RunLocked",
     "append_metrics",
+    "check_run_dir",
+    "check_writable",
+    "clear_run",
+    "holds_run",
     "clean_temporary_files",
     "get_rng_state",
     "load_checkpoint",
@@ -70,6 +75,8 @@ EVALUATION_NAME = "evaluation.json"
 FIGURES_DIR = "figures"
 LOCK_NAME = ".lock"
 CHECKPOINT_FORMAT = "pyro_decomp.checkpoint"
+SHOWN = ("loss", "reconstruction", "kl", "divergence")  # the loss components in progress bars and curves
+HELD_OUT = "heldout_"  # prefix of the held-out loss components in a metrics record
 CHECKPOINT_VERSION = 1
 
 
@@ -91,6 +98,7 @@ class Run:
     :ivar elbo: the configured :class:`~pyro_decomp.elbo.DecompositionELBO`.
     :ivar metrics: the per-epoch records of ``metrics.jsonl`` (dicts), oldest first.
     :ivar epoch: the epochs trained.
+    :ivar global_step: the optimiser steps taken.
     :ivar run_dir: the run directory (None for a run that wrote no files).
     :ivar train_set, test_set: the run's data sets.
     :ivar trained_epochs: the epochs trained by the call that returned this run (0 for a loaded run).
@@ -101,6 +109,7 @@ class Run:
     elbo: Any
     metrics: List[Dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
+    global_step: int = 0
     run_dir: Optional[str] = None
     train_set: Any = None
     test_set: Any = None
@@ -329,3 +338,56 @@ def checkpoint_state(**entries) -> Dict[str, Any]:
         "pyro_decomp_version": __version__,
         **entries,
     }
+
+
+def check_writable(directory: str) -> None:
+    """A ValueError naming ``directory`` unless files can be created in it (checked before expensive work)."""
+    probe = os.path.join(directory, f".write-test-{os.getpid()}.tmp")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to {directory}: {e.strerror or e}") from None
+
+
+RUN_FILES = (
+    CONFIG_NAME,
+    CHECKPOINT_NAME,
+    BEST_NAME,
+    METRICS_NAME,
+    EVALUATION_NAME,
+    FIGURES_DIR,
+    "tensorboard",
+)
+
+
+def holds_run(run_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_NAME, CHECKPOINT_NAME))
+
+
+def check_run_dir(run_dir: str, overwrite: bool = False) -> None:
+    """Before any expensive work: ``run_dir`` must be a writable directory (or creatable) that holds no run,
+    unless ``overwrite``. Raises ValueError naming the directory and what to do."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--run-dir {run_dir} is a file, not a directory")
+    try:
+        check_writable(run_dir)
+    except ValueError as e:
+        raise ValueError(f"--run-dir {run_dir}: {e}") from None
+    if not overwrite and holds_run(run_dir):
+        raise ValueError(
+            f"--run-dir {run_dir} already holds a run: continue it with --resume {run_dir}, or pass "
+            "--overwrite, or choose another directory"
+        )
+
+
+def clear_run(run_dir: str) -> None:
+    """Remove the files of the run in ``run_dir`` (under its lock): no old file mixes with the new run."""
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)

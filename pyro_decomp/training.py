@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -51,15 +50,18 @@ from pyro_decomp.runs import (
     BEST_NAME,
     CHECKPOINT_NAME,
     CONFIG_NAME,
-    EVALUATION_NAME,
-    FIGURES_DIR,
+    HELD_OUT,
     METRICS_NAME,
+    SHOWN,
     CheckpointError,
     Run,
     append_metrics,
+    check_run_dir,
     checkpoint_state,
     clean_temporary_files,
+    clear_run,
     get_rng_state,
+    holds_run,
     load_checkpoint,
     load_config,
     lock_run,
@@ -72,8 +74,6 @@ from pyro_decomp.runs import (
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "resume", "train"]
 
-SHOWN = ("loss", "reconstruction", "kl", "divergence")  # the components in progress bars and curves
-HELD_OUT = "heldout_"  # prefix of the held-out loss components in a metrics record
 HELD_OUT_POINTS = 10000  # the most test points whose loss components are averaged
 
 
@@ -610,18 +610,6 @@ def _start(config: RunConfig, device, context: Optional[DistributedContext], dat
     return dev, context, own_context, vae, elbo, train_set, test_set
 
 
-def check_writable(directory: str) -> None:
-    """A ValueError naming ``directory`` unless files can be created in it (checked before expensive work)."""
-    probe = os.path.join(directory, f".write-test-{os.getpid()}.tmp")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"cannot write to {directory}: {e.strerror or e}") from None
-
-
 def _held_out(config: RunConfig, train_set, test_set):
     """The test set, when it is not the training set (ground-truth data evaluate on their training set)."""
     return None if test_set is train_set else test_set
@@ -636,52 +624,12 @@ def _finish(trainer: Trainer) -> Run:
         elbo=trainer.elbo,
         metrics=metrics,
         epoch=trainer.epoch,
+        global_step=trainer.global_step,
         run_dir=trainer.run_dir,
         train_set=trainer.train_set,
         test_set=trainer.test_set,
         trained_epochs=len(trainer.history),
     )
-
-
-RUN_FILES = (
-    CONFIG_NAME,
-    CHECKPOINT_NAME,
-    BEST_NAME,
-    METRICS_NAME,
-    EVALUATION_NAME,
-    FIGURES_DIR,
-    "tensorboard",
-)
-
-
-def _holds_run(run_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_NAME, CHECKPOINT_NAME))
-
-
-def check_run_dir(run_dir: str, overwrite: bool = False) -> None:
-    """Before any expensive work: ``run_dir`` must be a writable directory (or creatable) that holds no run,
-    unless ``overwrite``. Raises ValueError naming the directory and what to do."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"--run-dir {run_dir} is a file, not a directory")
-    try:
-        check_writable(run_dir)
-    except ValueError as e:
-        raise ValueError(f"--run-dir {run_dir}: {e}") from None
-    if not overwrite and _holds_run(run_dir):
-        raise ValueError(
-            f"--run-dir {run_dir} already holds a run: continue it with --resume {run_dir}, or pass "
-            "--overwrite, or choose another directory"
-        )
-
-
-def _clear_run(run_dir: str) -> None:
-    """Remove the files of the run in ``run_dir`` (under its lock): no old file mixes with the new run."""
-    for name in RUN_FILES:
-        path = os.path.join(run_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
 
 
 def train(
@@ -711,9 +659,9 @@ def train(
     try:
         with locked:
             if run_dir is not None and context.is_main:
-                if _holds_run(run_dir) and not overwrite:  # a run started there since the check
+                if holds_run(run_dir) and not overwrite:  # a run started there since the check
                     check_run_dir(run_dir, overwrite)
-                _clear_run(run_dir)
+                clear_run(run_dir)
             trainer = Trainer(
                 vae,
                 elbo,

@@ -31,7 +31,8 @@ def seeded(generator: Optional[torch.Generator]) -> Iterator[None]:
         yield
         return
     seed = int(torch.randint(0, 2**62, (), generator=generator))
-    with torch.random.fork_rng(devices=[]):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 

@@ -38,6 +38,8 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
+from pyro_decomp.priors import GaussianPrior, MixturePrior, SparsePrior, StudentTPrior
+
 __all__ = ["DecompVAE", "LIKELIHOODS"]
 
 LIKELIHOODS = ("bernoulli", "laplace", "normal")
@@ -346,8 +348,6 @@ _INSTANCES = itertools.count()
 def _fixed_prior_types() -> tuple:
     """The prior modules of :mod:`pyro_decomp.priors` whose ``forward`` is a deterministic function of their
     tensors (no Pyro effects, no randomness, no user code)."""
-    from pyro_decomp.priors import GaussianPrior, MixturePrior, SparsePrior, StudentTPrior
-
     return (GaussianPrior, MixturePrior, SparsePrior, StudentTPrior)
 
 

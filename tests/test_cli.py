@@ -261,3 +261,59 @@ def test_reproduce_parser():
     ):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+# ------------------------------------------------------------------------------------------- one config path
+def _train_flags():
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    return {a.dest: a for a in train_parser._actions if a.option_strings and a.dest != "help"}
+
+
+def test_the_train_flags_are_exactly_the_run_config_fields():
+    import dataclasses
+
+    from pyro_decomp.cli import _RUN_FLAGS, config_flag
+
+    flags = _train_flags()
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(flags) - set(_RUN_FLAGS) == fields  # one flag per field, and no other setting
+    for name in fields:
+        assert config_flag(name) == "--" + name.replace("_", "-") in flags[name].option_strings
+        assert flags[name].help  # the field's metadata
+
+
+def test_config_file_with_an_overriding_flag(tmp_path):
+    base = RunConfig(data_options={"num_per_class": 10}, batch_size=8, epochs=2, beta=0.25, seed=5)
+    path = tmp_path / "base.json"
+    path.write_text(base.to_json())
+    run = str(tmp_path / "run")
+    argv = [
+        "train",
+        "--config",
+        str(path),
+        "--beta",
+        "0.75",
+        "--run-dir",
+        run,
+        "--no-progress",
+        "--no-figures",
+    ]
+    assert main(argv) == 0
+    assert load_config(run) == base.replace(beta=0.75)
+
+
+def test_resume_honours_its_flags_and_reports_the_epochs_it_trained(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", *TINY, "--epochs", "2", "--run-dir", run, "--no-figures"]) == 0
+    capsys.readouterr()
+    argv = ["train", "--resume", run, "--epochs", "5", "--checkpoint-every", "7", "--num-threads", "2"]
+    assert main([*argv, "--no-progress", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 3 epochs" in out and "epoch 5 of 5" in out
+    saved = load_config(run)
+    assert (saved.epochs, saved.checkpoint_every, saved.num_threads) == (5, 7, 2)
+    assert load_checkpoint(os.path.join(run, "checkpoint.pt"))["config"]["checkpoint_every"] == 7
+    assert main(["train", "--resume", run, "--beta", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--beta" in err and len(err.strip().splitlines()) == 1

@@ -67,6 +67,7 @@ def _problem():
         MLPDecoder(D, 2, hidden=(16,)),
         dist.Normal(torch.zeros(D), 1.0).to_event(1),
         obs_shape=(2,),
+        name="vae",  # the same parameter names in every process, for comparing gradients by name
     )
     x, _ = pinwheel(num_per_class=10)
     eps = torch.randn(2 * B, D, generator=torch.Generator().manual_seed(1))
@@ -85,8 +86,9 @@ class _Recorder:
 
 
 def _gradient_step(context, rank):
+    from pyro_decomp.config import RunConfig
     from pyro_decomp.elbo import DecompositionELBO
-    from pyro_decomp.training import RunConfig, Trainer
+    from pyro_decomp.training import Trainer
 
     pyro.clear_param_store()
     vae, data, eps = _problem()
@@ -146,8 +148,9 @@ def _worker(rank, world, port, out):
     )
     torch.set_num_threads(1)
     from pyro_decomp.cli import main
+    from pyro_decomp.config import RunConfig
     from pyro_decomp.distributed import init_distributed
-    from pyro_decomp.training import RunConfig, train
+    from pyro_decomp.training import train
 
     context = init_distributed(torch.device("cpu"))
     assert (

@@ -31,6 +31,15 @@ def test_paper_scale_is_the_papers_settings():
         (1.0, 0.0, "inclusive-kl", "pinwheel"),
         (0.0, 1.0, "inclusive-kl", "pinwheel"),
     }
+    # both likelihoods, each with both arms: the paper's (the decoder predicts σ) and one learnt global σ
+    config = experiment_config("clustering", "paper")
+    assert {(a.setting, a.beta, a.alpha) for a in arms} == {
+        (setting, beta, alpha) for setting in ("decoder", "global") for beta, alpha in ((1.0, 0.0), (0.0, 1.0))
+    }
+    for arm in arms:
+        run = config.run_config(arm, 0)
+        assert run.network_options == {"hidden": [100], "scale": arm.setting}
+        assert run.likelihood_scale == 0.1
     ind = experiment_config("independence", "paper")
     c = ind.run
     assert (c.latent_dim, c.network, c.likelihood, c.batch_size, c.lr, c.epochs) == (
@@ -60,6 +69,25 @@ def test_paper_scale_is_the_papers_settings():
     grid = {(a.prior_options["gamma"], a.alpha) for a in sp.arms}
     assert grid >= {(0.0, 0.0), (0.0, 100.0), (0.8, 0.0), (0.8, 100.0)}
     assert {a.divergence for a in sp.arms} == {"mmd"}  # the per-dimension IMQ kernel
+
+
+def test_clustering_arms_and_cpu_seeds():
+    config = experiment_config("clustering", "cpu")
+    assert [a.name for a in config.arms] == [
+        "decoder_beta1_alpha0",
+        "decoder_beta0_alpha1",
+        "global_beta1_alpha0",
+        "global_beta0_alpha1",
+    ]
+    assert len(config.seeds) == 20
+    assert len(experiment_config("clustering", "smoke").seeds) == 1
+    assert experiment_config("independence", "cpu").seeds == (0, 1, 2, 3, 4)
+    assert len(experiment_config("sparsity", "cpu").seeds) == 3
+    # an arm's network options are merged over the experiment's, whatever the data set's default
+    arm = config.arms[0]
+    run = config.run.replace(network_options={"hidden": [100], "scale": "global"})
+    config.run = run
+    assert config.run_config(arm, 0).network_options["scale"] == "decoder"
 
 
 def test_data_root_selects_the_real_data(tmp_path):
@@ -107,5 +135,13 @@ def test_config_errors():
     config.arms = (Arm("bad", "laplace", 1.0, 0.0, "mmd"),)
     with pytest.raises(ValueError, match="'laplace'"):
         config.validate()
+    config.arms = (Arm("bad", "pinwheel", 1.0, 0.0, "inclusive-kl", setting="a b"),)
+    with pytest.raises(ValueError, match="setting"):
+        config.validate()
+    config.arms = (Arm("bad", "pinwheel", 1.0, 0.0, "inclusive-kl", network_options={"width": 3}),)
+    with pytest.raises(ValueError, match="width"):
+        config.validate()
     with pytest.raises(ValueError, match="'nope'"):
         reproduce("nope", "smoke", "unused")
+    with pytest.raises(ValueError, match="workers"):
+        reproduce("clustering", "smoke", "unused", workers=0)

@@ -332,9 +332,9 @@ def test_each_prior_trains_inside_decomp_vae(name, options, learnable):
     assert all(math.isfinite(v) for v in losses)
     store = pyro.get_param_store()
     for n, p in vae.prior.named_parameters():
-        # SVI registered the prior's parameter under the VAE's name for it (block parameters through
-        # pyro.module, whose names join the module and the parameter with "$$$") and moved it
-        stored = "prior." + n.replace("block_modules.", "block_modules$$$", 1)
+        # SVI registered the prior's parameter under the VAE's name for it, behind the VAE's own name (block
+        # parameters through pyro.module, whose names join module and parameter with "$$$") and moved it
+        stored = f"{vae._pyro_name}.prior." + n.replace("block_modules.", "block_modules$$$", 1)
         assert stored in store and store[stored] is p, stored
         assert not torch.equal(p.detach(), before[n]), n
 

@@ -151,3 +151,49 @@ def test_fit_rejects_a_total_below_the_epochs_done(short_run):
     trainer.restore()
     with pytest.raises(ValueError, match="already trained 2 epochs"):
         trainer.fit(1)
+
+
+# ------------------------------------------------------------------------------------------ held-out numbers
+def test_heldout_components_every_epoch_and_best_checkpoint(tmp_path):
+    run = train(tiny(epochs=5, eval_every=1), str(tmp_path), progress=False)
+    records = read_metrics(str(tmp_path))
+    keys = {"heldout_loss", "heldout_reconstruction", "heldout_kl", "heldout_divergence"}
+    assert all(keys <= set(r) for r in records)
+    losses = [r["heldout_loss"] for r in records]
+    best_epoch = 1 + min(range(len(losses)), key=losses.__getitem__)
+    best = load_checkpoint(str(tmp_path / "best.pt"))
+    assert best["epoch"] == best_epoch and best["best_heldout"] == min(losses)
+    assert run.test_set is not None and len(run.test_set) == 40
+    # evaluating them changes nothing in training: the same run without held-out numbers is bitwise equal
+    plain = train(tiny(epochs=5, eval_every=0), str(tmp_path / "plain"), progress=False)
+    assert_bitwise_equal(params(plain.vae), params(run.vae))
+    assert all(not (keys & set(r)) for r in plain.metrics)
+
+
+def test_heldout_every_k_epochs_and_at_the_end(tmp_path):
+    run = train(tiny(epochs=5, eval_every=2), str(tmp_path), progress=False)
+    assert [r["epoch"] for r in run.metrics if "heldout_loss" in r] == [2, 4, 5]
+
+
+class _StopAfter:
+    def __init__(self, epoch):
+        self.epoch, self.ended = epoch, False
+
+    def on_epoch_end(self, trainer, record):
+        if record["epoch"] == self.epoch:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer):
+        self.ended = True
+
+
+def test_a_callback_stops_training_with_a_checkpoint_that_resumes(tmp_path):
+    callback = _StopAfter(3)
+    run = train(tiny(epochs=6, checkpoint_every=5), str(tmp_path), progress=False, callbacks=[callback])
+    assert run.epoch == 3 and callback.ended
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["epoch"] == 3
+    resumed = resume(str(tmp_path), progress=False)
+    assert resumed.epoch == 6 and resumed.trained_epochs == 3
+    assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+    whole = train(tiny(epochs=6, checkpoint_every=5), str(tmp_path / "whole"), progress=False)
+    assert_bitwise_equal(params(resumed.vae), params(whole.vae))

@@ -2,7 +2,13 @@
 
 from pyro_decomp.data.dsprites import DSPRITES_FILENAME, DSPRITES_URL, DSprites
 from pyro_decomp.data.fashion_mnist import FashionMNIST32, fashion_mnist
-from pyro_decomp.data.ground_truth import GroundTruthData, PackedImages, default_data_dir
+from pyro_decomp.data.ground_truth import (
+    DataFileError,
+    DownloadError,
+    GroundTruthData,
+    PackedImages,
+    default_data_dir,
+)
 from pyro_decomp.data.indexing import batches, first_tensor, grid_subset, subset_index, take
 from pyro_decomp.data.pinwheel import PinwheelDataset, pinwheel
 from pyro_decomp.data.shapes import SHAPE_NAMES, Shapes
@@ -20,6 +26,8 @@ __all__ = [
     "fashion_mnist",
     "FashionMNIST32",
     "default_data_dir",
+    "DataFileError",
+    "DownloadError",
     "take",
     "subset_index",
     "grid_subset",

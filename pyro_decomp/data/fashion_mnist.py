@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
 
 from pyro_decomp._atomic import atomic_open
 from pyro_decomp.data.ground_truth import DataFileError, DownloadError, default_data_dir, one_line
@@ -68,9 +71,6 @@ class FashionMNIST32(torch.utils.data.Dataset):
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(..., H, W)`` → float32 ``(..., 1, size, size)``: bilinear resize, then clamp."""
-        import torchvision.transforms.functional as TF
-        from torchvision.transforms import InterpolationMode
-
         x = images.unsqueeze(-3).float() / 255.0
         x = TF.resize(x, [self.size, self.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         return x.clamp(self.eps, 1.0 - self.eps)
@@ -181,8 +181,6 @@ def fashion_mnist(
     missing = [name for name in FASHION_MNIST_FILES if not (raw / name).exists()]
     if missing and not download:
         raise FileNotFoundError(f"Fashion-MNIST files missing from {raw}: {', '.join(missing)}. {how}")
-    import torchvision
-
     try:
         base = torchvision.datasets.FashionMNIST(str(root), train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, URLError, AssertionError, TypeError, ...

@@ -57,7 +57,15 @@ from pyro_decomp.data import DSPRITES_FILENAME
 from pyro_decomp.data.fashion_mnist import FASHION_MNIST_FILES
 from pyro_decomp.priors import PRIORS
 
-__all__ = ["EXPERIMENTS", "SCALES", "Arm", "ExperimentConfig", "experiment_config", "fmt_number"]
+__all__ = [
+    "CLUSTERING_SETTINGS",
+    "EXPERIMENTS",
+    "SCALES",
+    "Arm",
+    "ExperimentConfig",
+    "experiment_config",
+    "fmt_number",
+]
 
 EXPERIMENTS = ("clustering", "independence", "sparsity")
 SCALES = ("smoke", "cpu", "paper")
@@ -72,6 +80,10 @@ class Arm:
     :param name: identifier used for run directories and file names (letters, digits, ``._-``).
     :param label: how tables and figures name it.
     :param group: arms that share a prior share a group (independence: one group per prior, across β).
+    :param network_options: options of the networks that this arm sets over the experiment's (clustering:
+        ``{"scale": "decoder"}`` or ``{"scale": "global"}``, the likelihood's scale).
+    :param setting: arms compared with each other share a setting, and the report gives each setting a
+        table of its own (clustering: ``"decoder"`` and ``"global"``, the two likelihoods); ``""``: one table.
     """
 
     name: str
@@ -82,6 +94,8 @@ class Arm:
     prior_options: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
     group: str = ""
+    network_options: Mapping[str, Any] = field(default_factory=dict)
+    setting: str = ""
 
 
 # Evaluation options and what they mean; every experiment takes a subset (see ``_EVALUATION_KEYS``).
@@ -153,6 +167,10 @@ class ExperimentConfig:
         for arm in self.arms:
             if not arm.name or not all(c.isalnum() or c in "._-" for c in arm.name):
                 raise ValueError(f"arm name {arm.name!r} must be non-empty letters, digits, '.', '_' or '-'")
+            if not isinstance(arm.setting, str) or not all(c.isalnum() or c in "._-" for c in arm.setting):
+                raise ValueError(
+                    f"arm {arm.name!r}: setting {arm.setting!r} must be letters, digits, '.', '_' or '-'"
+                )
             if arm.prior not in PRIORS:
                 raise ValueError(f"arm {arm.name!r}: unknown prior {arm.prior!r}; expected one of {PRIORS}")
             self.run_config(arm, self.seeds[0] if self.seeds else 0)  # RunConfig checks β, α, divergence...
@@ -186,6 +204,7 @@ class ExperimentConfig:
     def run_config(self, arm: Arm, seed: int):
         """The :class:`~pyro_decomp.training.RunConfig` of ``arm`` trained with ``seed``."""
         return self.run.replace(
+            network_options={**self.run.network_options, **dict(arm.network_options)},
             prior=arm.prior,
             prior_options=dict(arm.prior_options),
             beta=float(arm.beta),
@@ -236,8 +255,8 @@ _STAND_IN_SUBSAMPLE = {
 _SCALE_SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "clustering": {
         "smoke": {"epochs": 10, "num_per_class": 25, "seeds": (0,), "divergence_points": 100},
-        "cpu": {"epochs": 500, "num_per_class": 100, "seeds": tuple(range(10)), "divergence_points": 400},
-        "paper": {"epochs": 500, "num_per_class": 100, "seeds": tuple(range(10)), "divergence_points": 400},
+        "cpu": {"epochs": 500, "num_per_class": 100, "seeds": tuple(range(20)), "divergence_points": 400},
+        "paper": {"epochs": 500, "num_per_class": 100, "seeds": tuple(range(20)), "divergence_points": 400},
     },
     "independence": {
         "smoke": {
@@ -256,7 +275,7 @@ _SCALE_SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "cpu": {
             "epochs": 4,
             "betas": (1.0, 2.0, 4.0, 8.0),
-            "seeds": (0, 1, 2),
+            "seeds": (0, 1, 2, 3, 4),
             "network_options": {},
             "evaluation": {
                 "eval_points": None,
@@ -329,6 +348,11 @@ _SCALE_SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
 }
 
+# The clustering experiment's two likelihoods (the network option ``scale`` of the MLP decoder) and how tables
+# name them: the paper's, where the decoder predicts a per-point scale σ(z), and one learnt global σ
+# initialised at 0.1.
+CLUSTERING_SETTINGS = {"decoder": "decoder σ(z)", "global": "global σ"}
+
 _INDEPENDENCE_PRIORS = (
     ("iso", "isotropic Gaussian", "gaussian", {"variance": "iso"}),
     ("pca", "anisotropic Gaussian (PCA)", "gaussian", {"variance": "pca"}),
@@ -395,17 +419,21 @@ def experiment_config(
             checkpoint_every=s["epochs"],
             device="auto",
         )
-        arms = (
-            Arm("beta1_alpha0", "pinwheel", 1.0, 0.0, "inclusive-kl", label="β=1, α=0", group="beta"),
+        arms = tuple(
             Arm(
-                "beta0_alpha1",
+                f"{setting}_beta{fmt_number(beta)}_alpha{fmt_number(alpha)}",
                 "pinwheel",
-                0.0,
-                1.0,
+                beta,
+                alpha,
                 "inclusive-kl",
-                label="β=0, α=1 (inclusive KL)",
-                group="alpha",
-            ),
+                label=f"{short}: β={fmt_number(beta)}, α={fmt_number(alpha)}"
+                + (" (inclusive KL)" if alpha > 0 else ""),
+                group="alpha" if alpha > 0 else "beta",
+                network_options={"scale": setting},
+                setting=setting,
+            )
+            for setting, short in CLUSTERING_SETTINGS.items()
+            for beta, alpha in ((1.0, 0.0), (0.0, 1.0))
         )
         evaluation = {"divergence_points": s["divergence_points"]}
     elif name == "independence":

@@ -1,11 +1,18 @@
-"""Training and measuring one run of an experiment: train-or-resume, and each experiment's measurements."""
+"""Training and measuring one run of an experiment: train-or-resume, and each experiment's measurements.
+
+:func:`measure_run` is the whole of one run: train it (or resume it, or only load it when finished), measure
+it with the experiment's evaluator (:data:`EVALUATORS`) under draws seeded by the seed alone
+(``10_000 + seed``), and draw its figures. It depends on nothing but its arguments and the files of its run
+directory, so runs may be measured one after the other in one process or side by side in several, with the
+same results.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import pyro
 import torch
@@ -21,9 +28,22 @@ from pyro_decomp.experiments.configs import Arm, ExperimentConfig
 from pyro_decomp.metrics import adjusted_rand_index
 from pyro_decomp.runs import CHECKPOINT_NAME, load_checkpoint, lock_run
 from pyro_decomp.training import Trainer
-from pyro_decomp.util import module_device
+from pyro_decomp.util import module_device, read_jsonl
 
-__all__ = ["EVALUATORS", "encode_in_chunks", "shapes_at_32", "train_run"]
+__all__ = [
+    "EVALUATORS",
+    "MIN_OCCUPANCY",
+    "components_used",
+    "decoder_scale",
+    "encode_in_chunks",
+    "experiment_data",
+    "measure_run",
+    "shapes_at_32",
+    "train_run",
+]
+
+#: a prior component counts as used when it is the nearest component of at least this fraction of the points
+MIN_OCCUPANCY = 0.05
 
 
 def shapes_at_32(run) -> Tuple[Any, Any]:
@@ -40,6 +60,22 @@ def shapes_at_32(run) -> Tuple[Any, Any]:
     test = perm[: max(1, len(x) // 5)]
     train = perm[len(test) :]
     return TensorDataset(x[train], labels[train]), TensorDataset(x[test], labels[test])
+
+
+_DATA: Dict[Tuple[str, str], Any] = {}
+
+
+def experiment_data(config: ExperimentConfig):
+    """The data set that the runs of ``config`` share when :func:`~pyro_decomp.build.build` cannot make it
+    from the run's settings (the 32×32 shapes that stand in for Fashion-MNIST), else ``None``; made once per
+    process."""
+    if not (config.name == "sparsity" and config.stand_in):
+        return None
+    key = (config.name, config.run.to_json())
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = shapes_at_32(config.run)
+    return _DATA[key]
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -110,13 +146,50 @@ def _mixture_locations(vae) -> torch.Tensor:
     return locs.detach()
 
 
+def components_used(codes: torch.Tensor, locs: torch.Tensor, min_fraction: float = MIN_OCCUPANCY) -> int:
+    """How many of the prior's components the encodings use: the number of components μ_k that are the
+    nearest component (Euclidean) of at least ``min_fraction`` of the points.
+
+    :param codes: encodings ``(N, D)`` (the clustering experiment: the held-out encoder means).
+    :param locs: the components' locations ``(K, D)``.
+    """
+    if codes.dim() != 2 or locs.dim() != 2 or codes.shape[1] != locs.shape[1] or len(codes) == 0:
+        raise ValueError(
+            f"codes (N, D) with N >= 1 and locs (K, D) must share D, got {tuple(codes.shape)} and "
+            f"{tuple(locs.shape)}"
+        )
+    if not 0 < min_fraction <= 1:
+        raise ValueError(f"min_fraction must lie in (0, 1], got {min_fraction!r}")
+    nearest = torch.cdist(codes, locs.to(codes)).argmin(-1)
+    counts = torch.bincount(nearest, minlength=len(locs))
+    return int((counts >= min_fraction * len(codes)).sum())
+
+
+@torch.no_grad()
+def decoder_scale(vae, z: torch.Tensor) -> float:
+    """The likelihood's mean scale: the mean of the decoder's predicted scale σ(z) over ``z`` when the
+    decoder predicts one, else the mean of the learnt global scale exp(``log_obs_scale``) (a Normal
+    likelihood) or the fixed Laplace scale.
+
+    :raises ValueError: for a likelihood without a scale (Bernoulli, or a custom one).
+    """
+    if vae.likelihood_name in ("bernoulli", "custom"):
+        raise ValueError(f"the likelihood {vae.likelihood_name!r} has no scale")
+    if vae.decoder_scale:
+        return float(vae.decoder(z)[1].mean())
+    if vae.likelihood_name == "normal":
+        return float(vae.log_obs_scale.exp().mean())
+    return float(vae.likelihood_scale)
+
+
 def _evaluate_clustering(config, arm, vae, train_set, test_set, generator, figures: Optional[Path], tag: str):
 
     ev = config.evaluation
     x, y = test_set.tensors[0].to(module_device(vae)), test_set.tensors[1]
     with torch.no_grad():
         loc, scale = vae.encode(x)
-        assignment = torch.cdist(loc, _mixture_locations(vae).to(loc)).argmin(-1).cpu()
+        locs = _mixture_locations(vae).to(loc)
+        assignment = torch.cdist(loc, locs).argmin(-1).cpu()
         codes = (loc + scale * torch.randn(loc.shape, generator=generator).to(loc)).cpu()
     n = min(ev["divergence_points"], len(x))
     results = {
@@ -127,9 +200,11 @@ def _evaluate_clustering(config, arm, vae, train_set, test_set, generator, figur
             "mutual_information"
         ],
         "reconstruction": float(_reconstruction(vae, x, num_samples=10).mean()),
+        "components_used": float(components_used(loc, locs)),
+        "decoder_scale": decoder_scale(vae, loc),
     }
     if figures is None:
-        return results, {}
+        return results, {}, {}
     prior = copy.deepcopy(vae.prior).cpu()() if vae.prior is not None else vae.prior_distribution()
     paths = {
         "density": plots.plot_aggregate_posterior(codes, prior, figures / f"{tag}_density.png"),
@@ -137,7 +212,7 @@ def _evaluate_clustering(config, arm, vae, train_set, test_set, generator, figur
             x.cpu(), vae.reconstruct(x).cpu(), figures / f"{tag}_reconstructions.png"
         ),
     }
-    return results, paths
+    return results, paths, {"encodings": loc.cpu(), "prior": prior}
 
 
 def _evaluate_independence(
@@ -165,7 +240,16 @@ def _evaluate_independence(
     results["mig"] = metrics.mig(codes, factors, bins=ev["mig_bins"])
     recon_index = subset_index(len(test_set), ev["recon_points"], generator)
     results["reconstruction_error"] = -_mean_reconstruction(vae, test_set, recon_index)
-    return results, {}
+    if figures is None:
+        return results, {}, {}
+    # traversals around the mean code of 1,000 points (the report shows each prior's best β)
+    index = subset_index(len(test_set), 1000, torch.Generator().manual_seed(0))
+    base = encode_in_chunks(vae, test_set, index)[0].mean(0)
+    values = torch.linspace(-3.0, 3.0, 9)
+    path = plots.plot_traversals(
+        plots.latent_traversal(vae, z=base, values=values), figures / f"{tag}_traversals.png", values=values
+    )
+    return results, {"traversals": path}, {}
 
 
 def _evaluate_sparsity(config, arm, vae, train_set, test_set, generator, figures: Optional[Path], tag: str):
@@ -198,17 +282,65 @@ def _evaluate_sparsity(config, arm, vae, train_set, test_set, generator, figures
     if names is None and config.stand_in:
         names = SHAPE_NAMES
     if figures is None:
-        return results, {}
+        return results, {}, {}
     paths = {
         "magnitude": plots.plot_latent_magnitude(
             codes, labels, figures / f"{tag}_magnitude.png", class_names=names
         ),
     }
-    return results, paths
+    return results, paths, {}
 
 
+# Each evaluator returns ``(metrics, figures, kept)``: the run's measurements (numbers), the paths of the
+# figures it drew (only when given a figure folder: the first seed), and what the experiment's summary figures
+# need of the run then (small tensors, a prior), else empty.
 EVALUATORS = {
     "clustering": _evaluate_clustering,
     "independence": _evaluate_independence,
     "sparsity": _evaluate_sparsity,
 }
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def measure_run(config: ExperimentConfig, arm: Arm, seed: int, root: Path, progress: bool = False):
+    """Train (or resume, or load when finished) the run of ``arm`` with ``seed`` in
+    ``root/runs/<arm>_seed<seed>/`` and measure it; the first seed also draws its figures in
+    ``root/figures/``.
+
+    The measurements draw from generators seeded by ``10_000 + seed`` alone, so a resumed run, and a run
+    measured in another process, measure the same.
+
+    :returns: ``(record, kept, seconds)``: the run's record in the results (arm, seed, metrics, training
+        and evaluation seconds, run directory, figures), what the summary figures need of it (the
+        evaluator's ``kept``) and the wall time of this call's training.
+    """
+    root = Path(root)
+    first = seed == config.seeds[0]  # per-run figures for the first seed only
+    figures = root / "figures" if first else None
+    tag = f"{arm.name}_seed{seed}"
+    run_dir = root / "runs" / tag
+    vae, train_set, test_set, wall = train_run(config, arm, seed, run_dir, experiment_data(config), progress)
+    # the training time of the run's epochs, from its log (also right for a resumed run)
+    log_records = read_jsonl(run_dir / "metrics.jsonl")
+    train_seconds = sum(r.get("seconds", 0.0) for r in log_records)
+    start = time.perf_counter()
+    pyro.set_rng_seed(10_000 + seed)  # evaluation draws are reproducible, also for a resumed run
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    metrics, paths, kept = EVALUATORS[config.name](
+        config, arm, vae, train_set, test_set, generator, figures, tag
+    )
+    if first:
+        keys = [k for k in ("loss", "reconstruction", "kl", "divergence") if any(k in r for r in log_records)]
+        paths["curves"] = plots.plot_training_curves(
+            log_records, figures / f"{tag}_curves.png", keys=keys or None
+        )
+    record = {
+        "arm": arm.name,
+        "seed": seed,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - start,
+        "run_dir": str(run_dir),
+        "figures": {k: str(v) for k, v in paths.items()},
+    }
+    return record, kept, wall

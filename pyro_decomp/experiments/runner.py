@@ -1,27 +1,140 @@
-"""Running the paper's experiments: every arm with every seed, measured, judged and written as a report."""
+"""Running the paper's experiments: every arm with every seed, measured, judged and written as a report.
+
+The runs of an experiment are independent, so :func:`run_experiment` measures ``workers`` of them at a time,
+each in a process of its own with one torch thread (a ``ProcessPoolExecutor`` on the ``spawn`` start method:
+torch and ``fork`` do not mix). A worker trains, measures and draws one run with
+:func:`~pyro_decomp.experiments.measure.measure_run`, exactly as one process does with ``workers=1``, and
+hands back its record; the results do not depend on the number of workers (with one thread per run).
+
+Ctrl-C at a terminal reaches every worker: each trainer finishes its step and writes a checkpoint, runs
+being measured finish, no further run starts, and :class:`~pyro_decomp.training.TrainingInterrupted` is
+raised. The same call resumes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import signal
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import pyro
 import torch
 
-from pyro_decomp import plots
-from pyro_decomp.experiments.configs import EXPERIMENTS, ExperimentConfig, experiment_config
-from pyro_decomp.experiments.measure import EVALUATORS, shapes_at_32, train_run
+from pyro_decomp.experiments.configs import EXPERIMENTS, Arm, ExperimentConfig, experiment_config
+from pyro_decomp.experiments.measure import measure_run
 from pyro_decomp.experiments.report import command, summary_figures, write_report
 from pyro_decomp.experiments.verdicts import CLAIMS, VERDICTS
-from pyro_decomp.util import read_jsonl
+from pyro_decomp.training import TrainingInterrupted
 
 __all__ = ["reproduce", "run_experiment"]
 
+#: runs measured at a time by default: one per core of a 2-core machine
+WORKERS = 2
 
+Outcome = Tuple[Dict[str, Any], Dict[str, Any], float]
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def _start_worker() -> None:
+    """A worker process: one torch thread, and Ctrl-C left to the trainer (which installs its own handler
+    while it trains, then restores this one): a run being measured finishes."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _measure_in_worker(config: ExperimentConfig, arm: Arm, seed: int, root: str, progress: bool):
+    """:func:`measure_run` in a worker; an interruption comes back as a plain dict (the exception does not
+    survive pickling)."""
+    try:
+        return measure_run(config, arm, seed, Path(root), progress)
+    except TrainingInterrupted as e:
+        return {
+            "interrupted": str(e),
+            "checkpoint": e.checkpoint,
+            "epoch": e.epoch,
+            "step": e.step,
+            "signal": e.signal,
+        }
+
+
+def _measure_in_parallel(
+    config: ExperimentConfig,
+    root: Path,
+    jobs: Sequence[Tuple[Arm, int]],
+    progress: bool,
+    workers: int,
+    done: Callable[[Tuple[str, int], Outcome], None],
+) -> None:
+    """Measure ``jobs`` in ``workers`` processes, calling ``done(key, outcome)`` in this process as each
+    finishes (in the order they finish)."""
+    context = multiprocessing.get_context("spawn")
+    interrupted: List[Dict[str, Any]] = []
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_start_worker
+    ) as pool:
+        futures = {
+            pool.submit(_measure_in_worker, config, arm, seed, str(root), progress): (arm.name, seed)
+            for arm, seed in jobs
+        }
+        pending = set(futures)
+        try:
+            while pending and not interrupted:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    outcome = future.result()
+                    if isinstance(outcome, dict):
+                        interrupted.append(outcome)
+                    else:
+                        done(futures[future], outcome)
+        except KeyboardInterrupt:
+            interrupted.append({"interrupted": "interrupted", "signal": int(signal.SIGINT)})
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        if interrupted:
+            # no further run starts; the runs in progress checkpoint (or finish) and are kept
+            for future in pending:
+                future.cancel()
+            for future in pending:
+                if future.cancelled():
+                    continue
+                try:
+                    outcome = future.result()
+                except Exception:
+                    continue
+                if isinstance(outcome, dict):
+                    interrupted.append(outcome)
+                else:
+                    done(futures[future], outcome)
+    first = next((i for i in interrupted if i.get("checkpoint")), interrupted[0]) if interrupted else None
+    if first is not None:
+        stopped = [i for i in interrupted if "checkpoint" in i]
+        raise TrainingInterrupted(
+            f"{config.name}: {first['interrupted']}; {len(stopped)} run(s) interrupted with a checkpoint",
+            checkpoint=first.get("checkpoint"),
+            epoch=int(first.get("epoch", 0)),
+            step=int(first.get("step", 0)),
+            signal=int(first.get("signal", signal.SIGINT)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- experiments
 def run_experiment(
-    config: ExperimentConfig, out, progress: bool = False, log: Optional[Callable[[str], None]] = print
+    config: ExperimentConfig,
+    out,
+    progress: bool = False,
+    log: Optional[Callable[[str], None]] = print,
+    workers: int = WORKERS,
 ) -> Dict[str, Any]:
     """Train every arm of ``config`` with every seed and measure it; figures and run directories go under
     ``out/<experiment>/``. A run whose checkpoint of the same configuration is already there is resumed
@@ -29,18 +142,18 @@ def run_experiment(
 
     :param progress: show the trainer's progress bars.
     :param log: called with one line per finished run (``None``: silent).
+    :param workers: runs measured at a time, each in a process of its own with one torch thread; ``1``
+        measures them one after the other in this process (with this process's torch threads).
     :returns: a plain (JSON-serialisable) dict: settings, arms, per-run metrics, figures and the verdict on
         the paper's claim.
     """
 
     config.validate()
+    workers = _check_count("workers", workers)
     log = log or (lambda line: None)
     root = Path(out) / config.name
     figures = root / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    data = None
-    if config.name == "sparsity" and config.stand_in:
-        data = shapes_at_32(config.run)
     result: Dict[str, Any] = {
         "experiment": config.name,
         "scale": config.scale,
@@ -51,58 +164,36 @@ def run_experiment(
             {
                 **dataclasses.asdict(arm),
                 "prior_options": dict(arm.prior_options),
+                "network_options": dict(arm.network_options),
                 "label": arm.label or arm.name,
             }
             for arm in config.arms
         ],
         "runs": [],
     }
+    labels = {arm.name: arm.label or arm.name for arm in config.arms}
     start = time.perf_counter()
-    kept: Dict[str, Tuple[Any, Any]] = {}
-    for arm in config.arms:
-        for seed in config.seeds:
-            first = seed == config.seeds[0]  # per-run figures for the first seed only
-            tag = f"{arm.name}_seed{seed}"
-            run_dir = root / "runs" / tag
-            vae, train_set, test_set, wall = train_run(config, arm, seed, run_dir, data, progress)
-            # the training time of the run's epochs, from its log (also right for a resumed run)
-            train_seconds = sum(r.get("seconds", 0.0) for r in read_jsonl(run_dir / "metrics.jsonl"))
-            t0 = time.perf_counter()
-            pyro.set_rng_seed(10_000 + seed)  # evaluation draws are reproducible, also for a resumed run
-            generator = torch.Generator().manual_seed(10_000 + seed)
-            metrics, paths = EVALUATORS[config.name](
-                config, arm, vae, train_set, test_set, generator, figures if first else None, tag
-            )
-            if first:
-                log_records = read_jsonl(run_dir / "metrics.jsonl")
-                paths["curves"] = plots.plot_training_curves(
-                    log_records,
-                    figures / f"{tag}_curves.png",
-                    keys=[
-                        k
-                        for k in ("loss", "reconstruction", "kl", "divergence")
-                        if any(k in r for r in log_records)
-                    ]
-                    or None,
-                )
-                if config.name == "independence":
-                    kept[arm.name] = (vae, test_set)
-            record = {
-                "arm": arm.name,
-                "seed": seed,
-                "metrics": {k: float(v) for k, v in metrics.items()},
-                "train_seconds": train_seconds,
-                "eval_seconds": time.perf_counter() - t0,
-                "run_dir": str(run_dir),
-                "figures": {k: str(v) for k, v in paths.items()},
-            }
-            result["runs"].append(record)
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items())
-            log(
-                f"[{config.name}] {arm.label or arm.name}, seed {seed}: trained in {wall:.1f} s, "
-                f"evaluated in {record['eval_seconds']:.1f} s; {shown}"
-            )
+    jobs = [(arm, seed) for arm in config.arms for seed in config.seeds]
+    outcomes: Dict[Tuple[str, int], Outcome] = {}
+
+    def done(key: Tuple[str, int], outcome: Outcome) -> None:
+        outcomes[key] = outcome
+        record, _, wall = outcome
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items())
+        log(
+            f"[{config.name}] {labels[key[0]]}, seed {key[1]}: trained in {wall:.1f} s, "
+            f"evaluated in {record['eval_seconds']:.1f} s; {shown}"
+        )
+
+    if workers == 1 or len(jobs) == 1:
+        for arm, seed in jobs:
+            done((arm.name, seed), measure_run(config, arm, seed, root, progress))
+    else:
+        _measure_in_parallel(config, root, jobs, progress, workers, done)
+    result["runs"] = [outcomes[(arm.name, seed)][0] for arm, seed in jobs]
+    kept = {arm.name: outcomes[(arm.name, config.seeds[0])][1] for arm in config.arms}
     result["seconds"] = time.perf_counter() - start
+    result["workers"] = min(workers, len(jobs))
     result["figures"] = summary_figures(config, result, figures, kept)
     try:
         result["verdict"] = VERDICTS[config.name](result)
@@ -124,6 +215,7 @@ def reproduce(
     progress: bool = False,
     log: Optional[Callable[[str], None]] = print,
     threads: Optional[int] = None,
+    workers: int = WORKERS,
 ) -> str:
     """Run one of the paper's experiments (or ``"all"``) at ``scale`` and write ``out/report.md``.
 
@@ -138,19 +230,21 @@ def reproduce(
     :param log: called with one line per finished run (``None``: silent).
     :param threads: ``torch.set_num_threads(threads)`` first (``None``: leave torch's setting). One thread is
         the robust choice on a CPU that other jobs share: oversubscribed intra-op threads slow down badly.
+        Worker processes (``workers > 1``) always use one thread each.
+    :param workers: runs trained and measured at a time, each in a process of its own (default 2, one per
+        core of a 2-core machine); ``1``: one after the other in this process.
     :returns: the path of ``report.md``.
     """
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(_check_count("threads", threads))
+    _check_count("workers", workers)
     names = EXPERIMENTS if experiment == "all" else (experiment,)
     if experiment != "all" and experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS + ('all',)}")
     configs = [experiment_config(name, scale, seeds=seeds, data_root=data_root) for name in names]
     results = []
     for config in configs:
-        result = run_experiment(config, out, progress=progress, log=log)
+        result = run_experiment(config, out, progress=progress, log=log, workers=workers)
         result["command"] = command(config.name, scale, out, seeds, data_root, threads)
         results.append(result)
     return write_report(results, out, command=command(experiment, scale, out, seeds, data_root, threads))
