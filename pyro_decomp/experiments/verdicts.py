@@ -176,14 +176,19 @@ _SETTING_NAMES = {
 }
 
 
-def _clustering_comparison(result, setting: str, alpha: str, beta: str) -> Tuple[str, float, Optional[float]]:
+def _clustering_comparison(
+    result, setting: str, alpha: str, beta: str, note: str = ""
+) -> Tuple[str, float, Optional[float]]:
+    """One sentence on the two arms of ``setting``; the ARI difference (α arm − β arm) and its standard
+    error."""
     a, b = arm_values(result, alpha, "ari"), arm_values(result, beta, "ari")
     diff, se = difference(a, b)
-    text = (
-        f"{_SETTING_NAMES.get(setting, setting)}: ARI {mean_sd(a)[0]:.3f} with (β=0, α=1) against "
-        f"{mean_sd(b)[0]:.3f} with (β=1, α=0), difference {diff:+.3f}"
+    where = _SETTING_NAMES.get(setting, setting) + note
+    text = (f"{where[0].upper()}{where[1:]}: " if where else "") + (
+        f"ARI {mean_sd(a)[0]:.3f} with (β=0, α=1) against {mean_sd(b)[0]:.3f} with (β=1, α=0), "
+        f"difference {diff:+.3f}"
         + (f" (standard error {se:.3f}, {len(a)} and {len(b)} seeds)" if se is not None else "")
-    ).lstrip(": ")
+    )
     used_a, used_b = arm_values(result, alpha, "components_used"), arm_values(result, beta, "components_used")
     if used_a and used_b:
         below = count_below(PINWHEEL_COMPONENTS)
@@ -197,23 +202,20 @@ def _clustering_comparison(result, setting: str, alpha: str, beta: str) -> Tuple
     sd_a, sd_b = arm_values(result, alpha, "decoder_scale"), arm_values(result, beta, "decoder_scale")
     if sd_a and sd_b:
         text += f"; likelihood σ {mean_sd(sd_a)[0]:.3f} against {mean_sd(sd_b)[0]:.3f}"
-    return text, diff, se
+    return text + ".", diff, se
 
 
 def _verdict_clustering(result) -> Dict[str, str]:
     (setting, alpha, beta), *others = clustering_arms(result)
     text, diff, se = _clustering_comparison(result, setting, alpha, beta)
-    texts = [text[0].upper() + text[1:] + "."]
-    for other in others:
-        more = _clustering_comparison(result, *other)[0]
-        texts.append("Not judged, " + more + ".")
+    texts = [text] + [_clustering_comparison(result, *other, note=", not judged")[0] for other in others]
     if se is None:
         status = "held (one seed: no spread)" if diff > 0 else "did not hold"
     else:
         status = "held" if diff > 2 * se else "did not hold"
-    where = f" {_SETTING_NAMES[setting]}" if setting in ("decoder", "global") else ""
+    where = f" {_SETTING_NAMES[setting]}," if _SETTING_NAMES.get(setting) else ""
     rule = (
-        f"Rule:{where}, the (β=0, α=1) arm clusters better than the (β=1, α=0) arm, with an ARI higher by "
+        f"Rule:{where} the (β=0, α=1) arm clusters better than the (β=1, α=0) arm, with an ARI higher by "
         "more than 2 standard errors of the difference of the means (by any margin with one seed)"
         + ("; the other likelihood is reported, not judged." if others else ".")
     )
