@@ -18,8 +18,8 @@ import math
 import os
 import tempfile
 import warnings
-from contextlib import ExitStack, contextmanager
-from typing import Any, Dict, Iterator, Optional
+from contextlib import ExitStack
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -55,14 +55,6 @@ def _tag(key: str) -> str:
     if key.startswith(HELD_OUT):
         return "heldout/" + key[len(HELD_OUT) :]
     return "train/" + key
-
-
-@contextmanager
-def _forked_cuda_rng() -> Iterator[None]:
-    """Restore the random state of every initialised CUDA device afterwards (seeding reseeds them all)."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        yield
 
 
 class TensorBoardCallback:
@@ -161,7 +153,6 @@ class TensorBoardCallback:
         vae.eval()
         try:
             with ExitStack() as stack:
-                stack.enter_context(_forked_cuda_rng())
                 stack.enter_context(seeded(generator))
                 stack.enter_context(torch.no_grad())
                 codes = torch.cat(

@@ -70,8 +70,10 @@ def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
             else:
                 damaged.append(number)
     if damaged:
-        shown = ", ".join(str(n) for n in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {shown})", stacklevel=2)
+        shown = ", ".join(f"{os.fspath(path)}:{n}" for n in damaged[:5]) + (
+            ", ..." if len(damaged) > 5 else ""
+        )
+        warnings.warn(f"skipped {len(damaged)} damaged line(s) of JSON records: {shown}", stacklevel=2)
     return records
 
 

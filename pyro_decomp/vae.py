@@ -39,6 +39,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from pyro_decomp.priors import GaussianPrior, MixturePrior, SparsePrior, StudentTPrior
+from pyro_decomp.util import seeded
 
 __all__ = ["DecompVAE", "LIKELIHOODS"]
 
@@ -335,7 +336,7 @@ class DecompVAE(PyroModule):
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if generator is not None:
-            with _fork_rng(generator):
+            with seeded(generator):
                 z = self.prior_distribution().sample((int(n),))
         else:
             z = self.prior_distribution().sample((int(n),))
@@ -349,18 +350,3 @@ def _fixed_prior_types() -> tuple:
     """The prior modules of :mod:`pyro_decomp.priors` whose ``forward`` is a deterministic function of their
     tensors (no Pyro effects, no randomness, no user code)."""
     return (GaussianPrior, MixturePrior, SparsePrior, StudentTPrior)
-
-
-class _fork_rng:
-    """Draw from the global RNG seeded by ``generator`` without disturbing the global state."""
-
-    def __init__(self, generator: torch.Generator):
-        self.seed = int(torch.randint(0, 2**62, (), generator=generator))
-
-    def __enter__(self):
-        self._ctx = torch.random.fork_rng(devices=[])
-        self._ctx.__enter__()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
