@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Any, Dict, List, Optional
 
 from pyro_decomp.callbacks import TensorBoardCallback
@@ -449,7 +450,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args, args.subparser)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args, args.subparser)
+        except KeyboardInterrupt:  # before training started or after it ended: nothing to checkpoint
+            print("pyro-decomp: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, ``pyro-decomp: warning: ...`` (no source line: it is not a crash)."""
+    print(
+        f"pyro-decomp: warning: {_message(message) if isinstance(message, Exception) else message}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import os
 import pickle
 import random
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
@@ -60,6 +61,7 @@ __all__ = [
     "load_config",
     "lock_run",
     "read_metrics",
+    "restart_command",
     "save_checkpoint",
     "save_config",
     "set_rng_state",
@@ -281,6 +283,17 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- lock, clean-up
+def _lock_holder(fd: int) -> str:
+    """The pid recorded in a held lock file; the holder writes it just after taking the lock, so an empty
+    file is read again for a moment."""
+    for _ in range(50):
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if holder:
+            return holder
+        time.sleep(0.01)
+    return "unknown"
+
+
 @contextlib.contextmanager
 def lock_run(run_dir: str) -> Iterator[None]:
     """Hold the exclusive lock of ``run_dir`` (created if needed) for the ``with`` block.
@@ -299,7 +312,7 @@ def lock_run(run_dir: str) -> Iterator[None]:
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = _lock_holder(fd)
             raise RunLocked(
                 f"run directory {run_dir} is in use by another pyro-decomp process (pid {holder}); wait for "
                 "it to finish or stop it"
@@ -363,7 +376,14 @@ RUN_FILES = (
 )
 
 
+def restart_command(run_dir: str) -> str:
+    """The command that starts the run in ``run_dir`` again from scratch, with the settings of its
+    ``config.json``."""
+    return f"pyro-decomp train --config {os.path.join(run_dir, CONFIG_NAME)} --run-dir {run_dir} --overwrite"
+
+
 def holds_run(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a run's configuration or checkpoint."""
     return any(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_NAME, CHECKPOINT_NAME))
 
 
@@ -377,6 +397,12 @@ def check_run_dir(run_dir: str, overwrite: bool = False) -> None:
     except ValueError as e:
         raise ValueError(f"--run-dir {run_dir}: {e}") from None
     if not overwrite and holds_run(run_dir):
+        if not os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
+            raise ValueError(
+                f"--run-dir {run_dir} holds a run that stopped before its first checkpoint, so there is "
+                f"nothing to resume: start it again with {restart_command(run_dir)}, or choose another "
+                "directory"
+            )
         raise ValueError(
             f"--run-dir {run_dir} already holds a run: continue it with --resume {run_dir}, or pass "
             "--overwrite, or choose another directory"

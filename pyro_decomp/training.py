@@ -61,11 +61,11 @@ from pyro_decomp.runs import (
     clean_temporary_files,
     clear_run,
     get_rng_state,
-    holds_run,
     load_checkpoint,
     load_config,
     lock_run,
     read_metrics,
+    restart_command,
     save_checkpoint,
     save_config,
     set_rng_state,
@@ -223,8 +223,16 @@ class Trainer:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: model, optimiser (applied to each parameter on its first step), RNGs
-        and the position in the run (epochs done and steps done in the next epoch)."""
-        self.vae.load_state_dict(state["model"])
+        and the position in the run (epochs done and steps done in the next epoch).
+
+        :raises CheckpointError: the state's model does not fit this trainer's model.
+        """
+        try:
+            self.vae.load_state_dict(state["model"])
+        except RuntimeError as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+            raise CheckpointError(f"the checkpoint does not fit the run's model ({detail})") from None
         prefix = self._prefix
         self._pending_optim_state = {k: v for k, v in state["optimizer"].items()}
         self.optim.set_state({(f"{prefix}.{k}" if prefix else k): v for k, v in state["optimizer"].items()})
@@ -645,22 +653,23 @@ def train(
 ) -> Run:
     """Seed, build and train a fresh run; returns the trained :class:`~pyro_decomp.runs.Run`.
 
-    With a ``run_dir``, the directory is checked first (writable, and holding no run unless ``overwrite``);
-    the run is built; only then is the directory locked and, with ``overwrite``, the old run's files removed,
-    so a run that fails to build leaves the old one intact. The lock is held until training ends. Under
+    With a ``run_dir``, the directory is checked (a writable directory) and locked, then checked to hold no
+    run unless ``overwrite``; the run is built, and only then, with ``overwrite``, are the old run's files
+    removed, so a run that fails to build leaves the old one intact. The lock is held until training ends;
+    another process that wants the directory meanwhile gets :class:`~pyro_decomp.runs.RunLocked`. Under
     torchrun (``WORLD_SIZE`` > 1 in the environment) the process joins the group and trains its shard.
     ``data``: a ``(train_set, test_set)`` pair instead of ``config.dataset``'s.
     """
     main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
-    if run_dir is not None and main:
-        check_run_dir(run_dir, overwrite)
-    dev, context, own, vae, elbo, train_set, test_set = _start(config, device, context, data)
-    locked = lock_run(run_dir) if run_dir is not None and context.is_main else contextlib.nullcontext()
-    try:
-        with locked:
-            if run_dir is not None and context.is_main:
-                if holds_run(run_dir) and not overwrite:  # a run started there since the check
-                    check_run_dir(run_dir, overwrite)
+    writer = run_dir is not None and main
+    if writer:
+        check_run_dir(run_dir, overwrite=True)  # a directory, and writable: before the lock creates it
+    with lock_run(run_dir) if writer else contextlib.nullcontext():
+        if writer:
+            check_run_dir(run_dir, overwrite)  # under the lock: no other process is starting a run there
+        dev, context, own, vae, elbo, train_set, test_set = _start(config, device, context, data)
+        try:
+            if writer:
                 clear_run(run_dir)
             trainer = Trainer(
                 vae,
@@ -676,9 +685,9 @@ def train(
             )
             trainer.fit()
             return _finish(trainer)
-    finally:
-        if own:
-            shutdown(context)
+        finally:
+            if own:
+                shutdown(context)
 
 
 def resume(
@@ -696,7 +705,8 @@ def resume(
     ``changes`` may set the settings of :data:`~pyro_decomp.config.RESUMABLE` (``epochs`` is the run's new
     total); they are written to ``config.json``. Any other difference, from ``changes`` or between
     ``config.json`` and the configuration stored in the checkpoint, is refused with a ValueError naming it.
-    ``epochs`` is short for ``changes={"epochs": epochs}``.
+    ``epochs`` is short for ``changes={"epochs": epochs}``. The run directory is locked before its files
+    are read, and until training ends.
     """
     changes = dict(changes or {})
     if epochs is not None:
@@ -707,27 +717,32 @@ def resume(
             f"{', '.join(refused)} cannot be changed when resuming {run_dir}: a resumed run keeps its "
             f"settings (only {', '.join(RESUMABLE)} may change)"
         )
-    saved = load_config(run_dir)
-    if not os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
-        raise CheckpointError(
-            f"{run_dir} has no checkpoint ({CHECKPOINT_NAME}) to resume from: the run stopped before its "
-            "first checkpoint; start it again with the same settings (train --config "
-            f"{os.path.join(run_dir, CONFIG_NAME)} --run-dir {run_dir} --overwrite)"
-        )
-    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
-    stored = RunConfig.from_dict(state["config"])
-    edited = [k for k in saved.differences(stored) if k not in RESUMABLE]
-    if edited:
-        raise ValueError(
-            f"{os.path.join(run_dir, CONFIG_NAME)} differs from the configuration in its checkpoint in "
-            f"{', '.join(edited)}; a resumed run keeps its settings (restore those values, or start a new "
-            "run)"
-        )
-    config = saved.replace(**changes)
-    dev, context, own, vae, elbo, train_set, test_set = _start(config, None, context, data)
-    locked = lock_run(run_dir) if context.is_main else contextlib.nullcontext()
-    try:
-        with locked:
+    load_config(run_dir)  # a missing run is named before the lock creates anything
+    main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
+    with lock_run(run_dir) if main else contextlib.nullcontext():
+        # read under the lock: no other process is writing the run
+        saved = load_config(run_dir)
+        checkpoint = os.path.join(run_dir, CHECKPOINT_NAME)
+        if not os.path.exists(checkpoint):
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint ({CHECKPOINT_NAME}) to resume from: the run stopped before its "
+                f"first checkpoint; start it again with {restart_command(run_dir)}"
+            )
+        state = load_checkpoint(checkpoint)
+        try:
+            stored = RunConfig.from_dict(state["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {checkpoint} holds no valid run configuration ({e})") from None
+        edited = [k for k in saved.differences(stored) if k not in RESUMABLE]
+        if edited:
+            raise ValueError(
+                f"{os.path.join(run_dir, CONFIG_NAME)} differs from the configuration in its checkpoint in "
+                f"{', '.join(edited)}; a resumed run keeps its settings (restore those values, or start a "
+                "new run)"
+            )
+        config = saved.replace(**changes)
+        dev, context, own, vae, elbo, train_set, test_set = _start(config, None, context, data)
+        try:
             trainer = Trainer(
                 vae,
                 elbo,
@@ -743,6 +758,6 @@ def resume(
             trainer.restore()
             trainer.fit(config.epochs)
             return _finish(trainer)
-    finally:
-        if own:
-            shutdown(context)
+        finally:
+            if own:
+                shutdown(context)

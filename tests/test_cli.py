@@ -1,10 +1,17 @@
 """The ``pyro-decomp`` command line end to end: train, evaluate, resume after a kill, Ctrl-C, errors."""
 
+import ctypes
 import json
+import multiprocessing
 import os
+import random
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -317,3 +324,421 @@ def test_resume_honours_its_flags_and_reports_the_epochs_it_trained(tmp_path, ca
     assert main(["train", "--resume", run, "--beta", "3", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--beta" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ a run directory that never loses work
+QUICK = [*TINY, "--no-figures"]
+LONG = [*QUICK, "--epochs", "100000", "--checkpoint-every", "1000"]
+
+
+def one_error_line(err):
+    """The stderr of a failed command: exactly one line, ``pyro-decomp: error: ...``, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyro-decomp: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def first_to_exit(procs, timeout=60.0):
+    """Wait until one of ``procs`` exits; returns it (the others are left running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                return proc
+        time.sleep(0.05)
+    for proc in procs:
+        proc.kill()
+    raise AssertionError(f"none of the commands ended in {timeout} s")
+
+
+def stop(proc, sig=signal.SIGTERM):
+    proc.send_signal(sig)
+    return proc.communicate(timeout=60)
+
+
+def test_a_failed_overwrite_keeps_the_old_run_and_a_good_one_leaves_none_of_its_files(tmp_path, capsys):
+    run = str(tmp_path / "V")
+    assert main(["train", *TINY, "--run-dir", run, "--epochs", "50"]) == 0
+    with open(os.path.join(run, "evaluation.json"), "w") as f:
+        json.dump({"epoch": 50}, f)
+    assert os.listdir(os.path.join(run, "figures"))
+    kept = {name: open(os.path.join(run, name), "rb").read() for name in ("checkpoint.pt", "metrics.jsonl")}
+    capsys.readouterr()
+    argv = ["train", *QUICK, "--run-dir", run, "--overwrite", "--prior", "student-t"]
+    assert main([*argv, "--prior-option", "dff=3", "--epochs", "2"]) != 0
+    assert "dff" in one_error_line(capsys.readouterr().err)
+    for name, data in kept.items():  # the new run was validated before anything was removed
+        assert open(os.path.join(run, name), "rb").read() == data, name
+    assert main(["train", *QUICK, "--run-dir", run, "--overwrite", "--epochs", "2"]) == 0
+    assert not os.path.exists(os.path.join(run, "figures"))
+    assert not os.path.exists(os.path.join(run, "evaluation.json"))
+    if os.path.exists(os.path.join(run, "best.pt")):  # the new run's own best
+        assert load_checkpoint(os.path.join(run, "best.pt"))["epoch"] <= 2
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert load_checkpoint(os.path.join(run, "checkpoint.pt"))["epoch"] == 2
+
+
+def _main_to_file(argv, err_path):
+    with open(err_path, "w") as err, open(os.devnull, "w") as out:
+        os.dup2(err.fileno(), 2)
+        os.dup2(out.fileno(), 1)
+        sys.stderr, sys.stdout = err, out
+        code = main(list(argv))
+        err.flush()
+    os._exit(code)
+
+
+class Forked:
+    """``main(argv)`` in a forked copy of this process: a real process of its own that starts at once (an
+    interpreter started afresh spends seconds importing torch, too long to start two at the same moment)."""
+
+    def __init__(self, *argv):
+        fd, self.err_path = tempfile.mkstemp(suffix=".err")
+        os.close(fd)
+        self.process = multiprocessing.get_context("fork").Process(
+            target=_main_to_file, args=(argv, self.err_path), daemon=True
+        )
+        self.process.start()
+        self.pid = self.process.pid
+        self.argv = argv
+
+    def poll(self):
+        return self.process.exitcode
+
+    @property
+    def stderr(self):
+        return open(self.err_path)
+
+    def communicate(self, timeout=60):
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            self.process.kill()
+            raise AssertionError(f"{self.argv} did not end in {timeout} s")
+        self.returncode = self.process.exitcode
+        err = open(self.err_path).read()
+        os.remove(self.err_path)
+        return "", err
+
+    def send_signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def kill(self):
+        self.process.kill()
+
+
+def _started_together(*commands):
+    """Start the commands at the same moment; exactly one keeps running and the others are refused with one
+    line naming its pid. Returns the one that runs."""
+    procs = [Forked(*command) for command in commands]
+    refused = first_to_exit(procs)
+    running = [p for p in procs if p is not refused]
+    assert len(running) == len(procs) - 1
+    holder = running[0]
+    for proc in [refused] + running[1:]:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert f"pid {holder.pid}" in one_error_line(err)
+    assert holder.poll() is None
+    return holder
+
+
+def test_two_trainings_started_together_one_runs_and_evaluate_waits_for_it(tmp_path, capsys):
+    run = str(tmp_path / "C")
+    holder = _started_together(*[("train", *LONG, "--run-dir", run, "--seed", seed) for seed in ("1", "2")])
+    wait_for(os.path.join(run, "metrics.jsonl"), holder)
+    seed = holder.argv[holder.argv.index("--seed") + 1]
+    assert load_config(run).seed == int(seed)  # the run of the process that holds the directory
+    assert main(["evaluate", run, "--no-progress"]) != 0
+    assert f"pid {holder.pid}" in one_error_line(capsys.readouterr().err)
+    _, err = stop(holder)
+    assert holder.returncode == 128 + signal.SIGTERM, err
+    assert load_config(run).seed == int(seed)
+
+
+def test_two_resumes_started_together_one_runs_and_a_killed_ones_lock_never_blocks(tmp_path):
+    run = str(tmp_path / "C")
+    assert main(["train", *QUICK, "--run-dir", run, "--epochs", "1"]) == 0
+    resume = ("train", "--resume", run, "--epochs", "100000", "--no-progress", "--no-figures")
+    holder = _started_together(resume, resume)
+    while load_config(run).epochs != 100000:  # the holder is training
+        assert holder.poll() is None
+        time.sleep(0.05)
+    stop(holder, signal.SIGKILL)
+    assert holder.returncode == -signal.SIGKILL
+    assert open(os.path.join(run, ".lock")).read().strip() == str(holder.pid)  # left by the killed process
+    assert main(["train", "--resume", run, "--epochs", "2", "--no-progress", "--no-figures"]) == 0
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_a_damaged_metrics_line_costs_no_other_record(tmp_path, capsys):
+    run = str(tmp_path / "M")
+    assert main(["train", *QUICK, "--run-dir", run, "--epochs", "10"]) == 0
+    path = os.path.join(run, "metrics.jsonl")
+    lines = open(path).read().splitlines(keepends=True)
+    lines[2] = lines[2][:25] + "\x00garbage\n"
+    open(path, "w").write("".join(lines))
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--epochs", "12", "--no-progress", "--no-figures"]) == 0
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, *range(4, 13)]
+    err = capsys.readouterr().err
+    (warning,) = [line for line in err.splitlines() if "metrics.jsonl" in line]  # one line, no source dump
+    assert warning.startswith("pyro-decomp: warning:") and "Traceback" not in err
+    assert re.search(r"\b3\b", warning.split("metrics.jsonl")[-1]), warning
+
+
+def test_resume_refuses_a_config_edited_by_hand_naming_the_setting(tmp_path, capsys):
+    run = str(tmp_path / "E")
+    assert main(["train", *QUICK, "--run-dir", run, "--epochs", "2"]) == 0
+    path = os.path.join(run, "config.json")
+    config = json.load(open(path))
+    config["beta"] = config["beta"] + 0.5
+    json.dump(config, open(path, "w"))
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--epochs", "3", "--no-progress", "--no-figures"]) != 0
+    assert "beta" in one_error_line(capsys.readouterr().err)
+    assert load_checkpoint(os.path.join(run, "checkpoint.pt"))["epoch"] == 2
+
+
+def test_sigterm_checkpoints_the_current_step_exits_143_and_resumes_as_if_never_stopped(tmp_path):
+    run = str(tmp_path / "S")
+    proc = cli("train", *LONG, "--run-dir", run)
+    wait_for(os.path.join(run, "metrics.jsonl"), proc)
+    _, err = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and f"--resume {run}" in err
+    state = load_checkpoint(os.path.join(run, "checkpoint.pt"))
+    epoch, step = state["epoch"], state["step"]
+    assert epoch >= 1 and state["global_step"] == 5 * epoch + step  # 40 points in batches of 8
+    assert read_metrics(run)[-1]["epoch"] == epoch
+    total = epoch + 2
+    assert main(["train", "--resume", run, "--epochs", str(total), "--no-progress", "--no-figures"]) == 0
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, total + 1))
+    reference = train(load_config(run), str(tmp_path / "reference"), progress=False)
+    resumed = load_checkpoint(os.path.join(run, "checkpoint.pt"))["model"]
+    for k, t in reference.vae.state_dict().items():
+        assert torch.equal(t, resumed[k]), k
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(*args):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [*cmd, "-m", "pyro_decomp", "train", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _same(a, b) -> bool:
+    """Nested containers of tensors and plain values, equal bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
+@pytest.mark.slow
+def test_torchrun_resume_is_bit_for_bit_the_run_that_never_stopped(tmp_path):
+    straight, halves = str(tmp_path / "straight"), str(tmp_path / "halves")
+    _torchrun(*QUICK, "--epochs", "20", "--run-dir", straight)
+    _torchrun(*QUICK, "--epochs", "10", "--run-dir", halves)
+    _torchrun("--resume", halves, "--epochs", "20", "--no-progress", "--no-figures")
+    a = load_checkpoint(os.path.join(straight, "checkpoint.pt"))
+    b = load_checkpoint(os.path.join(halves, "checkpoint.pt"))
+    assert a["epoch"] == b["epoch"] == 20 and a["global_step"] == b["global_step"]
+    assert len(b["rng_ranks"]) == 2  # every rank's generators
+    assert not torch.equal(b["rng_ranks"][0]["torch"], b["rng_ranks"][1]["torch"])
+    for k, t in a["model"].items():
+        assert torch.equal(t, b["model"][k]), k
+    assert _same(a["optimizer"], b["optimizer"])  # the Adam moments too
+    assert [r["epoch"] for r in read_metrics(halves)] == list(range(1, 21))
+
+
+def _flip_bytes_inside_the_largest_weight(path, count=8):
+    model = load_checkpoint(path)["model"]
+    weight = max(model.values(), key=lambda t: t.numel())
+    data = bytearray(open(path, "rb").read())
+    raw = weight.numpy().tobytes()
+    assert data.count(raw) == 1
+    start = data.find(raw) + len(raw) // 2
+    for i in range(start, start + count):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def test_flipped_bytes_in_a_weight_are_reported_as_damaged(tmp_path, capsys):
+    run = str(tmp_path / "K")
+    assert main(["train", *QUICK, "--run-dir", run, "--epochs", "2"]) == 0
+    path = os.path.join(run, "checkpoint.pt")
+    _flip_bytes_inside_the_largest_weight(path)
+    capsys.readouterr()
+    for argv in (
+        ["train", "--resume", run, "--epochs", "3", "--no-progress"],
+        ["evaluate", run, "--no-progress"],
+    ):
+        assert main(argv) != 0
+        line = one_error_line(capsys.readouterr().err)
+        assert path in line and "damaged" in line and "CRC" in line, line
+    assert not os.path.exists(os.path.join(run, "evaluation.json"))
+
+
+def test_user_errors_are_one_line_never_a_traceback(tmp_path, capsys):
+    def error(*argv):
+        capsys.readouterr()
+        assert main(list(argv)) != 0
+        return one_error_line(capsys.readouterr().err)
+
+    assert "foo" in error("train", *QUICK, "--data-option", "foo=1", "--run-dir", str(tmp_path / "foo"))
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    assert str(afile) in error("train", *QUICK, "--run-dir", str(afile / "below"))
+    assert str(afile) in error("train", *QUICK, "--run-dir", str(afile))
+
+    base = str(tmp_path / "base")
+    argv = ["train", *QUICK, "--prior", "gaussian", "--latent-dim", "3", "--epochs", "1", "--run-dir", base]
+    assert main(argv) == 0
+
+    def copy(name):
+        return shutil.copytree(base, str(tmp_path / name))
+
+    run = copy("config-is-a-directory")
+    os.remove(os.path.join(run, "config.json"))
+    os.mkdir(os.path.join(run, "config.json"))
+    assert "config.json" in error("train", "--resume", run, "--no-progress")
+    assert "config.json" in error("evaluate", run, "--no-progress")
+
+    run = copy("latent-dim-edited")
+    path = os.path.join(run, "config.json")
+    config = json.load(open(path))
+    config["latent_dim"] = 4
+    json.dump(config, open(path, "w"))
+    assert "config.json" in error("evaluate", run, "--no-progress")
+    assert "latent_dim" in error("train", "--resume", run, "--no-progress")
+
+    run = copy("empty-checkpoint")
+    open(os.path.join(run, "checkpoint.pt"), "wb").close()
+    for argv in (["train", "--resume", run, "--no-progress"], ["evaluate", run, "--no-progress"]):
+        line = error(*argv)
+        assert os.path.join(run, "checkpoint.pt") in line and "damaged" in line
+
+    root = tmp_path / "dsprites"
+    root.mkdir()
+    (root / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz").write_bytes(b"not the dSprites release" * 100)
+    argv = ["--batch-size", "8", "--no-progress", "--run-dir", str(tmp_path / "d")]
+    line = error("train", "--dataset", "dsprites", "--data-root", str(root), *argv)
+    assert "dsprites_ndarray" in line
+
+
+def _without_root_privileges():
+    """A preexec_fn that takes away root's right to ignore file modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)
+    from the child; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+
+    def drop():
+        for cap in (cap_dac_override, cap_dac_read_search):
+            if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+                os._exit(99)
+
+    return drop
+
+
+def test_unwritable_run_directories_are_one_line_errors_before_any_work(tmp_path):
+    preexec = _without_root_privileges()
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    run = str(tmp_path / "run")
+    try:
+        probe = subprocess.run(["touch", str(locked / "x")], preexec_fn=preexec, capture_output=True)
+        if probe.returncode == 0:
+            pytest.skip("this process may write into a read-only directory (root with CAP_DAC_OVERRIDE kept)")
+        assert main(["train", *QUICK, "--run-dir", run, "--epochs", "1"]) == 0
+        os.chmod(run, 0o555)
+        commands = [
+            ["train", *QUICK, "--run-dir", str(locked / "run")],
+            ["evaluate", run, "--no-progress"],
+        ]
+        # one interpreter runs both commands (an import of torch and Pyro is most of the time)
+        script = "import sys\nfrom pyro_decomp.cli import main\n"
+        script += f"for argv in {commands!r}:\n    print(main(argv), file=sys.stderr, flush=True)\n"
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=preexec,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 4, proc.stderr
+        for message, code in (lines[0:2], lines[2:4]):
+            assert int(code) != 0 and "cannot write" in one_error_line(message)
+        assert not os.path.exists(os.path.join(run, "evaluation.json"))
+    finally:
+        locked.chmod(0o755)
+        if os.path.exists(run):
+            os.chmod(run, 0o755)
+
+
+def test_a_nan_loss_stops_with_a_few_lines_naming_where(tmp_path, capsys):
+    run = str(tmp_path / "N")
+    assert main(["train", "--lr", "1e10", "--epochs", "200", "--run-dir", run, "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) < 5, err
+    assert "epoch" in err and "step" in err and "loss" in err
+    assert "tensor(" not in err and "Traceback" not in err
+
+
+def test_messages_after_damage_or_an_early_kill_lead_somewhere(tmp_path, capsys):
+    base = str(tmp_path / "base")
+    assert main(["train", *QUICK, "--run-dir", base, "--epochs", "1"]) == 0
+    with open(os.path.join(base, "checkpoint.pt"), "wb") as f:
+        f.write(random.Random(0).randbytes(20000))
+    capsys.readouterr()
+    for argv in (["train", "--resume", base, "--no-progress"], ["evaluate", base, "--no-progress"]):
+        assert main(argv) != 0
+        out, err = capsys.readouterr()
+        assert "damaged" in one_error_line(err) and "weights_only" not in out + err
+
+    # killed before its first checkpoint: neither command sends the user to the other
+    run = str(tmp_path / "K")
+    proc = Forked("train", *QUICK, "--epochs", "100000", "--checkpoint-every", "100000", "--run-dir", run)
+    wait_for(os.path.join(run, "metrics.jsonl"), proc)
+    stop(proc, signal.SIGKILL)
+    assert not os.path.exists(os.path.join(run, "checkpoint.pt"))
+    assert main(["train", *QUICK, "--run-dir", run, "--epochs", "2"]) != 0
+    line = one_error_line(capsys.readouterr().err)
+    assert "--resume" not in line and "--overwrite" in line
+    assert main(["train", "--resume", run, "--epochs", "2", "--no-progress"]) != 0
+    line = one_error_line(capsys.readouterr().err)
+    command = line[line.index("pyro-decomp train ") :].split()
+    assert "--overwrite" in command and "--resume" not in command
+    assert main([*command[1:], "--epochs", "2", "--no-progress", "--no-figures"]) == 0  # as the message says
+
+    # temporary files of writes cut short by a kill are gone after a resume
+    for name in (
+        ".config.json.0123456789ab.tmp",
+        ".metrics.jsonl.0123456789ab.tmp",
+        ".best.pt.0123456789ab.tmp",
+    ):
+        open(os.path.join(run, name), "wb").close()
+    assert main(["train", "--resume", run, "--epochs", "3", "--no-progress", "--no-figures"]) == 0
+    assert not [n for n in os.listdir(run) if n.startswith(".") and n.endswith(".tmp")]

@@ -1,8 +1,10 @@
 """The run directory: checkpoint format and integrity, RNG state, metrics, lock, clean-up."""
 
+import multiprocessing
 import os
 import pickle
 import random
+import time
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import torch
 from tiny import params, tiny
 
 from pyro_decomp import runs
+from pyro_decomp.build import build
 from pyro_decomp.runs import CheckpointError, load_checkpoint, save_checkpoint
-from pyro_decomp.training import train
+from pyro_decomp.training import Trainer, train
 
 
 def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
@@ -87,3 +90,51 @@ def test_foreign_checkpoint_is_refused(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+# ------------------------------------------------------------------ a run directory that never loses work
+def test_a_run_without_a_checkpoint_is_restarted_not_resumed(tmp_path):
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    runs.save_config(tiny(), run)
+    with pytest.raises(ValueError, match="before its first checkpoint") as info:
+        runs.check_run_dir(run)
+    assert runs.restart_command(run) in str(info.value) and "--resume" not in str(info.value)
+    runs.check_run_dir(run, overwrite=True)
+    save_checkpoint(runs.checkpoint_state(epoch=1), os.path.join(run, "checkpoint.pt"))
+    with pytest.raises(ValueError, match=f"--resume {run}"):
+        runs.check_run_dir(run)
+
+
+def test_a_checkpoint_of_another_model_is_a_checkpoint_error(short_run, tmp_path):
+    state = load_checkpoint(os.path.join(short_run[0], "checkpoint.pt"))
+    config = tiny(latent_dim=3, prior="gaussian")
+    vae, elbo, train_set, _ = build(config)
+    trainer = Trainer(vae, elbo, train_set, config, progress=False)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        trainer.load_state_dict(state)
+
+
+def _hold_lock(run_dir, locked):
+    with runs.lock_run(run_dir):
+        locked.set()
+        time.sleep(60)
+
+
+def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
+    run = str(tmp_path / "run")
+    fork = multiprocessing.get_context("fork")
+    locked = fork.Event()
+    holder = fork.Process(target=_hold_lock, args=(run, locked), daemon=True)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        with pytest.raises(runs.RunLocked, match=f"pid {holder.pid}"):
+            with runs.lock_run(run):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs
+        holder.join(30)
+    assert open(os.path.join(run, ".lock")).read().strip() == str(holder.pid)
+    with runs.lock_run(run):  # the kernel released the killed process's lock
+        assert open(os.path.join(run, ".lock")).read().strip() == str(os.getpid())
