@@ -85,7 +85,7 @@ FLOORS = [
     ["priors", "marginals", "elbo", "metrics", "plots"],
     ["vae"],
     ["config", "build", "runs"],
-    ["callbacks", "training", "evaluation"],
+    ["trainer", "callbacks", "training", "evaluation"],
     ["experiments"],
     ["cli", "__main__"],
 ]

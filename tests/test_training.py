@@ -1,19 +1,15 @@
-"""The training loop: run files, exact resume, signals, failures, callbacks, held-out numbers."""
+"""train and resume: the files of a run, and a resumed run equal to one that never stopped."""
 
 import json
 import os
-import signal
 
 import numpy as np
-import pyro
 import pytest
 import torch
 from tiny import assert_bitwise_equal, params, tiny
-from torch.utils.data import DistributedSampler
 
-from pyro_decomp.build import build
-from pyro_decomp.runs import load_checkpoint, read_metrics
-from pyro_decomp.training import NonFiniteLossError, Trainer, TrainingInterrupted, resume, train
+from pyro_decomp.runs import read_metrics
+from pyro_decomp.training import resume, train
 from pyro_decomp.version import __version__
 
 
@@ -66,134 +62,3 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, changes):
     losses = [[r["loss"] for r in read_metrics(str(tmp_path / d))] for d in ("whole", "split")]
     assert losses[0] == losses[1] and len(losses[0]) == 4
     assert json.load(open(tmp_path / "split" / "config.json"))["epochs"] == 4
-
-
-class _InterruptAt:
-    """An ELBO wrapper that delivers SIGINT to this process during global step ``at`` (like a Ctrl-C)."""
-
-    def __init__(self, elbo, at):
-        self.elbo, self.at, self.calls = elbo, at, 0
-
-    def loss_and_grads(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.elbo.loss_and_grads(*args, **kwargs)
-
-    def loss_components(self, *args, **kwargs):
-        return self.elbo.loss_components(*args, **kwargs)
-
-
-def _trainer(config, run_dir):
-    pyro.set_rng_seed(config.seed)
-    vae, elbo, train_set, _ = build(config)
-    return Trainer(vae, elbo, train_set, config, run_dir, progress=False)
-
-
-def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
-    whole = _trainer(tiny(), None)
-    whole.fit()
-    trainer = _trainer(tiny(), str(tmp_path))
-    trainer.elbo = _InterruptAt(trainer.elbo, at=7)  # epoch 2, step 2
-    handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(TrainingInterrupted) as info:
-        trainer.fit()
-    assert (info.value.epoch, info.value.step) == (2, 2)
-    state = load_checkpoint(info.value.checkpoint)
-    assert (state["epoch"], state["step"], state["global_step"]) == (1, 2, 7)
-    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is restored
-    again = _trainer(tiny(), str(tmp_path))
-    again.restore()
-    again.fit()
-    assert_bitwise_equal(params(again.vae), params(whole.vae))
-    assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4]
-
-
-# ---------------------------------------------------------------------------------------------- failures
-@pytest.mark.filterwarnings("ignore:Encountered NaN")
-@pytest.mark.parametrize("validation", [True, False], ids=["validation", "no-validation"])
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, validation):
-    # with validation on, the NaN reaches the encoder's Normal and fails as an invalid parameter; without it
-    # the loss itself is NaN; both must stop the run the same way
-    pyro.enable_validation(validation)
-    trainer = _trainer(tiny(), str(tmp_path))
-    trainer.fit(2)
-    checkpoint = open(tmp_path / "checkpoint.pt", "rb").read()
-    bad = 13
-    trainer.train_set.tensors[0][bad] = float("nan")
-    # the step of epoch 3 whose batch holds the bad point: the data order is a function of (seed, epoch)
-    sampler = DistributedSampler(trainer.train_set, num_replicas=1, rank=0, shuffle=True, seed=0)
-    sampler.set_epoch(3)
-    step = list(sampler).index(bad) // 8 + 1
-    before = None
-    original = trainer.step
-
-    def spy(x, epoch=0, step=0):
-        nonlocal before
-        before = params(trainer.vae)
-        return original(x, epoch, step)
-
-    trainer.step = spy
-    with pytest.raises(NonFiniteLossError) as info:
-        trainer.fit(4)
-    message = str(info.value)
-    assert f"epoch 3, step {step}" in message and (info.value.epoch, info.value.step) == (3, step)
-    assert "reconstruction=nan" in message and "kl=" in message and "divergence=" in message
-    assert str(tmp_path / "checkpoint.pt") in message
-    assert open(tmp_path / "checkpoint.pt", "rb").read() == checkpoint  # the last good checkpoint, intact
-    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["epoch"] == 2
-    assert_bitwise_equal(params(trainer.vae), before)  # the bad step updated nothing
-    assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2]
-
-
-def test_fit_rejects_a_total_below_the_epochs_done(short_run):
-    trainer = _trainer(tiny(epochs=2), short_run[0])
-    trainer.restore()
-    with pytest.raises(ValueError, match="already trained 2 epochs"):
-        trainer.fit(1)
-
-
-# ------------------------------------------------------------------------------------------ held-out numbers
-def test_heldout_components_every_epoch_and_best_checkpoint(tmp_path):
-    run = train(tiny(epochs=5, eval_every=1), str(tmp_path), progress=False)
-    records = read_metrics(str(tmp_path))
-    keys = {"heldout_loss", "heldout_reconstruction", "heldout_kl", "heldout_divergence"}
-    assert all(keys <= set(r) for r in records)
-    losses = [r["heldout_loss"] for r in records]
-    best_epoch = 1 + min(range(len(losses)), key=losses.__getitem__)
-    best = load_checkpoint(str(tmp_path / "best.pt"))
-    assert best["epoch"] == best_epoch and best["best_heldout"] == min(losses)
-    assert run.test_set is not None and len(run.test_set) == 40
-    # evaluating them changes nothing in training: the same run without held-out numbers is bitwise equal
-    plain = train(tiny(epochs=5, eval_every=0), str(tmp_path / "plain"), progress=False)
-    assert_bitwise_equal(params(plain.vae), params(run.vae))
-    assert all(not (keys & set(r)) for r in plain.metrics)
-
-
-def test_heldout_every_k_epochs_and_at_the_end(tmp_path):
-    run = train(tiny(epochs=5, eval_every=2), str(tmp_path), progress=False)
-    assert [r["epoch"] for r in run.metrics if "heldout_loss" in r] == [2, 4, 5]
-
-
-class _StopAfter:
-    def __init__(self, epoch):
-        self.epoch, self.ended = epoch, False
-
-    def on_epoch_end(self, trainer, record):
-        if record["epoch"] == self.epoch:
-            trainer.should_stop = True
-
-    def on_train_end(self, trainer):
-        self.ended = True
-
-
-def test_a_callback_stops_training_with_a_checkpoint_that_resumes(tmp_path):
-    callback = _StopAfter(3)
-    run = train(tiny(epochs=6, checkpoint_every=5), str(tmp_path), progress=False, callbacks=[callback])
-    assert run.epoch == 3 and callback.ended
-    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["epoch"] == 3
-    resumed = resume(str(tmp_path), progress=False)
-    assert resumed.epoch == 6 and resumed.trained_epochs == 3
-    assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
-    whole = train(tiny(epochs=6, checkpoint_every=5), str(tmp_path / "whole"), progress=False)
-    assert_bitwise_equal(params(resumed.vae), params(whole.vae))
