@@ -302,10 +302,16 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             "standard_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
             "num_samples": iwae_samples,
         }
+        ground_truth = hasattr(test_set, "factors_from_index")
+        stages = tqdm(
+            total=5 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
+        )
         codes = _encode(vae, x, sample=False)
         result["hoyer_sparsity"] = metrics.hoyer_sparsity(codes)
+        stages.update(1)
         ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
         result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}
+        stages.update(1)
         result["alignment"] = {
             "divergence": config.divergence,
             "value": metrics.alignment(
@@ -317,7 +323,8 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
                 generator=torch.Generator().manual_seed(seed),
             ),
         }
-        if hasattr(test_set, "factors_from_index"):
+        stages.update(1)
+        if ground_truth:
             index = subset_index(len(test_set), factor_points, torch.Generator().manual_seed(seed))
             xf, factors = take(test_set, index)
             fcodes = torch.cat(
@@ -329,6 +336,7 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             transform = None
             if config.prior == "student-t":
                 transform = metrics.prior_cdf_transform(vae.prior_distribution())
+            stages.set_postfix_str(f"{num_votes} disentanglement votes")
             result["disentanglement"] = metrics.disentanglement_score(
                 fcodes,
                 factors,
@@ -337,6 +345,9 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
                 generator=torch.Generator().manual_seed(seed),
                 transform=transform,
             )
+            stages.update(1)
             result["mig"] = metrics.mig(fcodes, factors)
+            stages.update(1)
             result["factor_points"] = len(index)
+        stages.close()
     return result
