@@ -15,7 +15,6 @@ layout keeps all text inside the image at the default size.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
+
+from pyro_decomp.util import module_device, read_jsonl, seeded
 
 __all__ = [
     "latent_traversal",
@@ -244,8 +245,7 @@ def latent_traversal(
     was_training = vae.training
     vae.eval()
     try:
-        device = next((p.device for p in vae.parameters()), torch.device("cpu"))
-        return vae.decode(grid.to(device)).cpu()
+        return vae.decode(grid.to(module_device(vae))).cpu()
     finally:
         vae.train(was_training)
 
@@ -327,8 +327,7 @@ def plot_aggregate_posterior(
     if tuple(prior.event_shape) != (dim,):
         raise ValueError(f"the prior has event_shape {tuple(prior.event_shape)}, the codes have D = {dim}")
     gen = torch.Generator().manual_seed(0) if generator is None else generator
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
+    with torch.no_grad(), seeded(gen):
         draws = prior.sample((int(num_prior_samples),)).cpu().double().numpy()
     if dim == 2:
         lo, hi = np.quantile(z, 0.005, axis=0), np.quantile(z, 0.995, axis=0)
@@ -451,17 +450,7 @@ def plot_latent_magnitude(
 # ---------------------------------------------------------------------------------------------- runs
 def _read_records(log) -> List[Mapping]:
     if isinstance(log, (str, os.PathLike)):
-        records = []
-        with open(log) as f:
-            for number, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{log}:{number} is not a JSON object: {e}") from e
-        return records
+        return read_jsonl(log)  # a damaged line is skipped with a warning naming it
     return list(log)
 
 
@@ -699,7 +688,7 @@ def plot_encodings_by_arm(
     Prior draws (also used to set the plotting range) come from ``generator`` (default: seed 0), without
     touching the global random state.
 
-    :param figsize: default ``(6.5, 5)``; the legend sits outside the axes, on the right.
+    :param figsize: default ``(5.2, 5.8)``; the axes are square (equal scales) and the legend sits below them.
     :param title: default ``"encodings by arm against the prior p(z)"``.
     """
     arms = {str(name): _numpy(z, f"codes[{name!r}]").astype(np.float64) for name, z in codes.items()}
@@ -714,20 +703,20 @@ def plot_encodings_by_arm(
     if not levels_sd or levels_sd[0] <= 0:
         raise ValueError(f"sd_levels must be positive numbers, got {sd_levels!r}")
     gen = torch.Generator().manual_seed(0) if generator is None else generator
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
+    with torch.no_grad(), seeded(gen):
         draws = prior.sample((int(num_prior_samples),)).cpu().double().numpy()
     points = np.concatenate([draws] + list(arms.values()))
     lo, hi = np.quantile(points, 0.002, axis=0), np.quantile(points, 0.998, axis=0)
-    span = np.maximum(hi - lo, 1e-6)
-    lo, hi = lo - 0.1 * span, hi + 0.1 * span
+    centre, half = (lo + hi) / 2, max(float((hi - lo).max()), 1e-6) * 0.6  # a square range, 10% margins
+    lo, hi = centre - half, centre + half
     xs, ys = np.linspace(lo[0], hi[0], 201), np.linspace(lo[1], hi[1], 201)
     grid = torch.as_tensor(np.stack(np.meshgrid(xs, ys, indexing="ij"), -1))
     mean = getattr(prior, "mean", None)
     with torch.no_grad():
         dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
         density = prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
-    fig = _figure(figsize or (6.5, 5), dpi)
+    fig = _figure(figsize or (5.2, 5.8), dpi)
+    fig.set_layout_engine("compressed", w_pad=2 / 72, h_pad=2 / 72)  # the layout of a fixed-aspect axes
     ax = fig.add_subplot()
     for name, z in arms.items():
         ax.scatter(z[:, 0], z[:, 1], s=8, alpha=0.5, linewidths=0, label=name)
@@ -758,7 +747,7 @@ def plot_encodings_by_arm(
     ax.set_xlabel(_coordinate("z", 0))
     ax.set_ylabel(_coordinate("z", 1))
     ax.set_title("encodings by arm against the prior p(z)" if title is None else title, fontsize=10)
-    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    legend = ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
     for handle in legend.legend_handles:
         if hasattr(handle, "set_alpha"):
             handle.set_alpha(1.0)

@@ -33,8 +33,9 @@ def test_paper_scale_is_the_papers_settings():
     }
     # both likelihoods, each with both arms: the paper's (the decoder predicts σ) and one learnt global σ
     config = experiment_config("clustering", "paper")
+    arm_grid = ((1.0, 0.0), (0.0, 1.0))
     assert {(a.setting, a.beta, a.alpha) for a in arms} == {
-        (setting, beta, alpha) for setting in ("decoder", "global") for beta, alpha in ((1.0, 0.0), (0.0, 1.0))
+        (setting, beta, alpha) for setting in ("decoder", "global") for beta, alpha in arm_grid
     }
     for arm in arms:
         run = config.run_config(arm, 0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_decomp.cli import build_parser
-from pyro_decomp.experiments import reproduce
+from pyro_decomp.experiments import experiment_config, reproduce, run_experiment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,8 +40,9 @@ def test_reproduce_all_smoke_writes_a_well_formed_report(smoke_report):
         # the results table: one row per arm, every metric cell a number
         rows = [line for line in section.splitlines() if line.startswith("| ") and "|---" not in line]
         metric_rows = [r for r in rows if r.count("|") > 8]
-        assert len(metric_rows) == 1 + len(result["arms"])  # header + arms
-        for row in metric_rows[1:]:
+        tables = len({a["setting"] for a in result["arms"]})  # one table per setting of the arms
+        assert len(metric_rows) == tables + len(result["arms"])  # a header per table + arms
+        for row in [r for r in metric_rows if not r.startswith("| arm |")]:
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
             numbers = [c for c in cells[5:] if re.fullmatch(NUMBER + "|\\d+", c)]
             assert len(numbers) == len(cells) - 5, row
@@ -58,6 +59,7 @@ def test_reproduce_all_smoke_writes_a_well_formed_report(smoke_report):
             assert Path(run["run_dir"], "checkpoint.pt").exists()
     by_name = {r["experiment"]: r for r in results}
     assert set(by_name["clustering"]["runs"][0]["metrics"]) >= {"ari", "inclusive_kl", "reconstruction"}
+    assert set(by_name["clustering"]["runs"][0]["metrics"]) >= {"components_used", "decoder_scale"}
     assert set(by_name["independence"]["runs"][0]["metrics"]) >= {
         "disentanglement",
         "mig",
@@ -66,6 +68,65 @@ def test_reproduce_all_smoke_writes_a_well_formed_report(smoke_report):
     assert set(by_name["sparsity"]["runs"][0]["metrics"]) >= {"hoyer", "iwae", "divergence"}
     assert "Not the paper's" in sections[2]  # the sparsity experiment says that the shapes stand in
     assert (out / ".gitignore").read_text().strip().endswith("*/runs/")
+
+
+def test_smoke_report_clustering_has_both_likelihoods(smoke_report):
+    path, out = smoke_report
+    clustering = re.split(r"^## ", path.read_text(), flags=re.M)[1]
+    result = json.loads((out / "results.json").read_text())[0]
+    assert [a["name"] for a in result["arms"]] == [
+        "decoder_beta1_alpha0",
+        "decoder_beta0_alpha1",
+        "global_beta1_alpha0",
+        "global_beta0_alpha1",
+    ]
+    # the paper's likelihood first, with the verdict; the global scale second
+    assert clustering.index("**Table 1: the paper's likelihood") < clustering.index(
+        "**Table 2: one learnt global"
+    )
+    assert "doubles log p(z)" in clustering and "Why the verdict depends on the likelihood" in clustering
+    assert "at least 5% of the held-out encoder means" in clustering
+    for run in result["runs"]:
+        assert 1 <= run["metrics"]["components_used"] <= 4 and run["metrics"]["decoder_scale"] > 0
+    # the global scale starts at 0.1 and moves little in 10 epochs
+    scales = {r["arm"]: r["metrics"]["decoder_scale"] for r in result["runs"]}
+    assert 0.05 < scales["global_beta1_alpha0"] < 0.2
+    # one figure of both arms' encodings per likelihood
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", clustering)
+    assert "clustering/figures/encodings_decoder_seed0.png" in links
+    assert "clustering/figures/encodings_global_seed0.png" in links
+
+
+def test_smoke_report_independence_has_paired_differences(smoke_report):
+    path, out = smoke_report
+    independence = re.split(r"^## ", path.read_text(), flags=re.M)[2]
+    result = json.loads((out / "results.json").read_text())[1]
+    assert "Rule (paired by seed)" in independence
+    # the rule is stated before the numbers
+    assert independence.index("Rule (paired by seed)") < independence.index("disentanglement gain beyond")
+    header = next(line for line in independence.splitlines() if "Δ disentanglement ± SE" in line)
+    rows = independence.splitlines()[independence.splitlines().index(header) + 2 :]
+    rows = rows[: next(i for i, line in enumerate(rows) if not line.startswith("|"))]
+    priors = {a["group"] for a in result["arms"]} - {"iso"}
+    betas = {a["beta"] for a in result["arms"]}
+    assert len(rows) == len(priors) * len(betas)
+    # traversals of each prior's best β
+    assert len(re.findall(r"_traversals\.png\)", independence)) == len(priors) + 1
+
+
+def test_parallel_and_sequential_measure_the_same(smoke_report, tmp_path):
+    """The smoke report ran its runs two at a time in worker processes; one after the other in this process
+    (one thread, as the workers) they measure the same."""
+    _, out = smoke_report
+    parallel = json.loads((out / "results.json").read_text())[0]
+    assert parallel["experiment"] == "clustering" and parallel["workers"] == 2
+    sequential = run_experiment(experiment_config("clustering", "smoke"), tmp_path, log=None, workers=1)
+    assert sequential["workers"] == 1
+    assert [(r["arm"], r["seed"]) for r in sequential["runs"]] == [
+        (r["arm"], r["seed"]) for r in parallel["runs"]
+    ]
+    for a, b in zip(sequential["runs"], parallel["runs"]):
+        assert a["metrics"] == b["metrics"], a["arm"]
 
 
 def test_reproduce_resumes_finished_runs_and_evaluates_the_same(smoke_report):

@@ -18,6 +18,7 @@ from pyro_decomp.plots import (
     latent_traversal,
     plot_aggregate_posterior,
     plot_disentanglement_vs_reconstruction,
+    plot_encodings_by_arm,
     plot_latent_magnitude,
     plot_reconstructions,
     plot_samples,
@@ -184,7 +185,7 @@ def test_training_curves_from_jsonl_and_records(tmp_path):
     with pytest.raises(ValueError, match="numeric 'missing'"):
         plot_training_curves(records, tmp_path / "bad.png", keys=["missing"])
     log.write_text("{not json}\n")
-    with pytest.raises(ValueError, match="metrics.jsonl:1"):
+    with pytest.warns(UserWarning, match="metrics.jsonl:1"), pytest.raises(ValueError, match="no records"):
         plot_training_curves(log, tmp_path / "bad.png")
 
 
@@ -404,6 +405,19 @@ CASES = {
     "plot_training_curves": {
         "default keys, held-out": lambda p: plot_training_curves(curve_records(), p),
         "chosen keys": lambda p: plot_training_curves(curve_records(), p, keys=["loss", "kl", "divergence"]),
+    },
+    "plot_encodings_by_arm": {
+        "two arms": lambda p: plot_encodings_by_arm(
+            {
+                "β=1, α=0": pinwheel_like(300) * 0.5,
+                "β=0, α=1 (inclusive KL)": pinwheel_like(300, seed=1) * 0.6,
+            },
+            mixture_prior(),
+            p,
+        ),
+        "one arm, titled": lambda p: plot_encodings_by_arm(
+            {"codes": pinwheel_like(200)}, mixture_prior(), p, title="held-out encoder means, seed 0"
+        ),
     },
     "plot_disentanglement_vs_reconstruction": {
         "sweep": lambda p: plot_disentanglement_vs_reconstruction(sweep(), p),

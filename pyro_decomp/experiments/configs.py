@@ -9,10 +9,14 @@ with :mod:`pyro_decomp.metrics` and drawn with :mod:`pyro_decomp.plots`:
 
 ``clustering`` (§5.2)
     pinwheel data, the 4-component mixture prior at (±1, 0), (0, ±1) with variance 0.03, 2-D latents, an MLP
-    with 100 hidden units and a Normal likelihood; (β=1, α=0) against (β=0, α=1, inclusive KL). Claim: the
-    α term, not β, makes the aggregate encoding q(z) cluster like the prior. Measured on a held-out pinwheel
-    draw: the adjusted Rand index (:func:`adjusted_rand_index`) between the arm of each point and the prior
-    component nearest its encoder mean, D(q(z), p(z)), the mutual information I(x; z) and the reconstruction.
+    with 100 hidden units and a Normal likelihood; (β=1, α=0) against (β=0, α=1, inclusive KL), each under
+    two likelihoods (:data:`CLUSTERING_SETTINGS`, the arms' ``setting``): the paper's, whose decoder predicts
+    the scale σ(z) per point (``decoder_*`` arms; the verdict), and one learnt global σ initialised at 0.1
+    (``global_*`` arms). Claim: the α term, not β, makes the aggregate encoding q(z) cluster like the prior.
+    Measured on a held-out pinwheel draw: the adjusted Rand index (:func:`adjusted_rand_index`) between the
+    arm of each point and the prior component nearest its encoder mean, how many components the encoder
+    means use (those nearest to at least 5% of them), the likelihood's mean scale, D(q(z), p(z)), the
+    mutual information I(x; z) and the reconstruction.
 ``independence`` (§5.1)
     dSprites (or the procedural :class:`~pyro_decomp.data.Shapes` on the same factor grid), 10-D latents,
     64×64 convolutional networks, a Bernoulli likelihood; priors {isotropic Gaussian, anisotropic Gaussian
@@ -33,17 +37,25 @@ Every experiment comes at three scales (:data:`SCALES`): ``smoke`` (seconds, for
 ``report.md`` with tables (mean ± standard deviation over seeds), figures, whether each claim held at that
 scale, and the command that regenerates it.
 
-The ``cpu`` scale is the largest that finishes in under an hour per experiment on one core of a 2-core
-CPU (``--threads 1``; times measured on such a machine):
+The ``cpu`` scale is sized for about an hour of ``pyro-decomp reproduce all`` on a 2-core CPU, two runs at a
+time, one thread each (the default ``workers=2``). Per-run times were measured two runs at a time on a
+2-core machine that other jobs shared (load about 3) ("shared"), and in the earlier sequential run of
+``docs/results`` (one run at a time, one thread), which gives the budget of a machine without other load
+("idle"):
 
-* clustering: the paper's settings (500 epochs of the 400-point draw, one batch of 400 each) × 10 seeds;
-  about 6 minutes;
+* clustering: the paper's settings (500 epochs of the 400-point draw, one batch of 400 each), 2
+  likelihoods × 2 arms × 20 seeds = 80 runs of 4–6 s training and at most 1.5 s evaluation; about
+  4 minutes;
 * independence: the shapes grid at every 2nd scale, 4th orientation and 4th x and y position (5,760
-  images), 4 epochs (360 steps of 64) per run, 4 priors × β ∈ {1, 2, 4, 8}, three seeds; the metrics on
-  all 5,760 images (800 votes of 100 points); about 35 minutes;
-* sparsity: γ ∈ {0, 0.8} × α ∈ {0, 100}, three seeds, DCGAN width 32; Fashion-MNIST for 3 epochs (360
-  steps of 500) or, without it, the shapes at 32×32 (23,040 images, 18,432 for training) for 10 epochs
-  (370 steps); the metrics on 2,000 test images (IWAE on 200 images × 100 samples); about 40 minutes.
+  images), 4 epochs (360 steps of 64) per run, 4 priors × β ∈ {1, 2, 4, 8} × 5 seeds = 80 runs; the
+  metrics on all 5,760 images (800 votes of 100 points); 85–112 s training and 10–16 s evaluation per run
+  (62 s in all sequentially); 40 minutes idle, 70 shared;
+* sparsity: γ ∈ {0, 0.8} × α ∈ {0, 100} × 3 seeds = 12 runs, DCGAN width 32; Fashion-MNIST for 3 epochs
+  (360 steps of 500; 282 s a run sequentially) or, without it, the shapes at 32×32 (23,040 images, 18,432 for
+  training) for 10 epochs (370 steps; 370–400 s training and 9–21 s evaluation per run shared); the
+  metrics on 2,000 test images (IWAE on 200 images × 100 samples); 30 minutes idle, 40 shared.
+
+In all about 75 minutes on an idle 2-core machine, up to 2 hours on a shared one.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ The runs of an experiment are independent, so :func:`run_experiment` measures ``
 each in a process of its own with one torch thread (a ``ProcessPoolExecutor`` on the ``spawn`` start method:
 torch and ``fork`` do not mix). A worker trains, measures and draws one run with
 :func:`~pyro_decomp.experiments.measure.measure_run`, exactly as one process does with ``workers=1``, and
-hands back its record; the results do not depend on the number of workers (with one thread per run).
+hands back its record; the results do not depend on the number of workers (with one thread per run). As
+with any ``spawn`` pool, a script that calls :func:`reproduce` or :func:`run_experiment` with ``workers > 1``
+must do so under ``if __name__ == "__main__":`` (each worker imports the script's main module).
 
 Ctrl-C at a terminal reaches every worker: each trainer finishes its step and writes a checkpoint, runs
 being measured finish, no further run starts, and :class:`~pyro_decomp.training.TrainingInterrupted` is
