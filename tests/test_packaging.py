@@ -82,7 +82,7 @@ def test_readme_library_example_twice_in_one_process(tmp_path):
 FLOORS = [
     ["version", "util", "_atomic"],
     ["data", "distributions", "divergences", "nets", "distributed"],
-    ["priors", "marginals", "elbo", "metrics", "plots"],
+    ["priors", "marginals", "elbo", "metrics", "label_placement", "plots"],
     ["vae"],
     ["config", "build", "runs"],
     ["trainer", "callbacks", "training", "evaluation"],
