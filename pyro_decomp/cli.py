@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--progress", action="store_true", help="show training progress bars")
     r.add_argument(
+        "--workers",
+        type=_number(int, "workers", 0, strict=True),
+        default=2,
+        help="runs trained at a time, each in its own process on one thread",
+    )
+    r.add_argument(
         "--threads",
         type=_number(int, "threads", 0, strict=True),
         default=None,
@@ -431,6 +437,7 @@ def _reproduce(args, parser) -> int:
             data_root=args.data_root,
             progress=args.progress,
             threads=args.threads,
+            workers=args.workers,
         )
     except TrainingInterrupted as e:
         print(f"pyro-decomp: {e}; run the same command again to resume", file=sys.stderr)

@@ -251,6 +251,7 @@ def test_pyro_decomp_train_without_arguments_finishes_in_a_minute(tmp_path):
 def test_reproduce_parser():
     parser = build_parser()
     args = parser.parse_args(["reproduce", "all", "--scale", "cpu", "--out", "d", "--seeds", "0", "2"])
+    assert args.workers == 2  # two runs at a time by default, one per core of a 2-core CPU
     assert (args.experiment, args.scale, args.out, args.seeds, args.data_root) == (
         "all",
         "cpu",
