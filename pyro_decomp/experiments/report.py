@@ -83,7 +83,11 @@ def summary_figures(
                 }
             )
         path = plots.plot_disentanglement_vs_reconstruction(
-            points, figures / "disentanglement_vs_reconstruction.png", x="reconstruction error"
+            points,
+            figures / "disentanglement_vs_reconstruction.png",
+            x="reconstruction error",
+            xlabel="reconstruction error −E log p(x|z) (nats / image)",
+            ylabel="disentanglement score (Kim & Mnih)",
         )
         out.append(
             {"path": str(path), "caption": "disentanglement against reconstruction error (means over seeds)"}
@@ -106,6 +110,8 @@ def summary_figures(
             y="Hoyer sparsity",
             group="gamma",
             label="alpha",
+            xlabel="IWAE log p(x) (nats / image)",
+            ylabel="Hoyer sparsity of the encoder means",
         )
         out.append(
             {"path": str(path), "caption": "Hoyer sparsity against IWAE log-likelihood (means over seeds)"}
