@@ -189,24 +189,23 @@ _CLUSTERING_NOTES = _paragraph(
     **The paper's code doubles log p(z) in its β term.** Its Monte Carlo KL (`kl_divergence` in
     `src/utils.py` of iffsid/disentangling-disentanglement) broadcasts the mixture prior's log-density, of
     shape (1, B, 1), against the per-dimension log q(z|x), of shape (1, B, 2), before summing over the D = 2
-    latent dimensions, so it estimates E_q[log q(z|x) − 2 log p(z)] instead of KL(q(z|x) ‖ p(z)): the β
-    term pulls each encoding towards the prior's modes twice as hard. This package uses the correct KL.
-    Measured with the paper's doubled term reproduced in our objective (10 seeds, the `cpu` settings, the
-    decoder's scale), the (β=1, α=0) arm collapses further, to an ARI of 0.34 ± 0.30 with 9 of the 10 seeds
-    on fewer than 4 components, which inflates the contrast between the two arms that the paper shows.
+    latent dimensions, so it estimates E_q[log q(z|x) − 2 log p(z)] instead of KL(q(z|x) ‖ p(z)). That is
+    the KL against the unnormalised density p(z)², whose components are twice as sharp (variance 0.015
+    instead of 0.03): the β term pulls each encoding onto the prior's modes twice as hard, which favours the
+    collapse of the (β=1, α=0) arm described below and so widens the contrast between the two arms that the
+    paper shows. This package uses the correct KL, and every number in this report is measured with it.
     """
 )
 _CLUSTERING_LIKELIHOOD = _paragraph(
     """
     **Why the verdict depends on the likelihood.** The paper's pinwheel decoder predicts the likelihood's
-    scale σ(z) per point (table 1). With it the plain ELBO (β=1, α=0) can explain the data as noise: σ grows
-    (to about 0.3–0.7 where it does) and q(z) lands on one or two of the prior's four components, which
-    costs ARI. The α term, the inclusive KL(p(z) ‖ q(z)), is large when q(z) misses a component of the
-    prior, so the α arm keeps all four. With one learnt global σ started at 0.1 (table 2) the decoder cannot
-    trade fit for noise point by point and the plain ELBO uses its latent space: there the (β=1, α=0) arm
-    clusters as well as the α arm or better (an earlier `cpu` run, 10 seeds: ARI 0.93 ± 0.13 against
-    0.83 ± 0.19). The claim thus rests on the likelihood the paper chose, and the verdict is judged on that
-    one.
+    scale σ(z) per point (table 1). With it the plain ELBO (β=1, α=0) has a way out of using z: σ can grow
+    until the data are explained as noise, and then nothing keeps q(z) on all four of the prior's
+    components, while the α term, the inclusive KL(p(z) ‖ q(z)), is large exactly when q(z) misses one. With
+    one learnt global σ started at 0.1 (table 2) that way is much harder to take (Adam moves one scale
+    slowly, so reconstruction dominates and the plain ELBO must use z). The two tables show what each
+    likelihood does to each arm (the likelihood σ and component columns say whether an arm took that way);
+    the verdict is judged on the paper's likelihood.
     """
 )
 _CLUSTERING_COLUMNS = _paragraph(
