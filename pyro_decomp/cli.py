@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         choices=SCALES,
         required=True,
-        help="smoke: seconds (a plumbing check); cpu: about an hour in all on a 2-core CPU; paper: the "
+        help="smoke: seconds (a plumbing check); cpu: about 75 minutes in all on a 2-core CPU; paper: the "
         "paper's settings (for a GPU)",
     )
     r.add_argument("--out", required=True, help="output directory")

@@ -34,6 +34,7 @@ from pyro_decomp.runs import (
     load_config,
     lock_run,
     read_metrics,
+    state_mismatch,
     write_json,
 )
 from pyro_decomp.util import module_device
@@ -59,10 +60,9 @@ def load_run(run_dir: str, device="cpu") -> Run:
     try:
         vae.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
         raise ValueError(
-            f"the checkpoint of {run_dir} does not fit the model that its config.json describes ({detail}); "
+            f"the checkpoint of {run_dir} does not fit the model that its config.json describes "
+            f"({state_mismatch(e)}); "
             "was config.json edited?"
         ) from None
     vae.to(dev).eval()

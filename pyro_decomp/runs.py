@@ -65,6 +65,7 @@ __all__ = [
     "save_checkpoint",
     "save_config",
     "set_rng_state",
+    "state_mismatch",
     "write_json",
     "write_metrics",
 ]
@@ -216,6 +217,13 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
             f"pyro_decomp reads version {CHECKPOINT_VERSION}"
         )
     return state
+
+
+def state_mismatch(error: RuntimeError) -> str:
+    """The line of ``module.load_state_dict``'s error that says what does not fit (missing or unexpected
+    keys, or the first tensor of another shape), for a one-line message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -57,6 +57,7 @@ from pyro_decomp.runs import (
     save_checkpoint,
     save_config,
     set_rng_state,
+    state_mismatch,
     write_metrics,
 )
 
@@ -218,9 +219,9 @@ class Trainer:
         try:
             self.vae.load_state_dict(state["model"])
         except RuntimeError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            detail = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
-            raise CheckpointError(f"the checkpoint does not fit the run's model ({detail})") from None
+            raise CheckpointError(
+                f"the checkpoint does not fit the run's model ({state_mismatch(e)})"
+            ) from None
         prefix = self._prefix
         self._pending_optim_state = {k: v for k, v in state["optimizer"].items()}
         self.optim.set_state({(f"{prefix}.{k}" if prefix else k): v for k, v in state["optimizer"].items()})

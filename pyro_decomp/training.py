@@ -63,9 +63,30 @@ def _start(config: RunConfig, device, context: Optional[DistributedContext], dat
     return dev, context, own_context, vae, elbo, train_set, test_set
 
 
-def _held_out(config: RunConfig, train_set, test_set):
-    """The test set, when it is not the training set (ground-truth data evaluate on their training set)."""
-    return None if test_set is train_set else test_set
+def _fit(config: RunConfig, run_dir, *, device, context, data, progress, callbacks, before_fit) -> Run:
+    """Start (process group, threads, seeds, build), make the :class:`Trainer`, let ``before_fit(trainer)``
+    prepare the directory or restore a checkpoint, train up to ``config.epochs`` and return the run."""
+    dev, context, own, vae, elbo, train_set, test_set = _start(config, device, context, data)
+    try:
+        trainer = Trainer(
+            vae,
+            elbo,
+            train_set,
+            config,
+            run_dir,
+            device=dev,
+            context=context,
+            progress=progress,
+            # ground-truth data evaluate on their training set: no held-out numbers there
+            test_set=None if test_set is train_set else test_set,
+            callbacks=callbacks,
+        )
+        before_fit(trainer)
+        trainer.fit(config.epochs)
+        return _finish(trainer)
+    finally:
+        if own:
+            shutdown(context)
 
 
 def _finish(trainer: Trainer) -> Run:
@@ -112,27 +133,16 @@ def train(
     with lock_run(run_dir) if writer else contextlib.nullcontext():
         if writer:
             check_run_dir(run_dir, overwrite)  # under the lock: no other process is starting a run there
-        dev, context, own, vae, elbo, train_set, test_set = _start(config, device, context, data)
-        try:
-            if writer:
-                clear_run(run_dir)
-            trainer = Trainer(
-                vae,
-                elbo,
-                train_set,
-                config,
-                run_dir,
-                device=dev,
-                context=context,
-                progress=progress,
-                test_set=_held_out(config, train_set, test_set),
-                callbacks=callbacks,
-            )
-            trainer.fit()
-            return _finish(trainer)
-        finally:
-            if own:
-                shutdown(context)
+        return _fit(
+            config,
+            run_dir,
+            device=device,
+            context=context,
+            data=data,
+            progress=progress,
+            callbacks=callbacks,
+            before_fit=lambda trainer: clear_run(run_dir) if writer else None,  # only once the run is built
+        )
 
 
 def resume(
@@ -186,23 +196,13 @@ def resume(
                 "new run)"
             )
         config = saved.replace(**changes)
-        dev, context, own, vae, elbo, train_set, test_set = _start(config, None, context, data)
-        try:
-            trainer = Trainer(
-                vae,
-                elbo,
-                train_set,
-                config,
-                run_dir,
-                device=dev,
-                context=context,
-                progress=progress,
-                test_set=_held_out(config, train_set, test_set),
-                callbacks=callbacks,
-            )
-            trainer.restore()
-            trainer.fit(config.epochs)
-            return _finish(trainer)
-        finally:
-            if own:
-                shutdown(context)
+        return _fit(
+            config,
+            run_dir,
+            device=None,
+            context=context,
+            data=data,
+            progress=progress,
+            callbacks=callbacks,
+            before_fit=lambda trainer: trainer.load_state_dict(state),  # the checkpoint read once
+        )

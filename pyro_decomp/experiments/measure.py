@@ -99,7 +99,7 @@ def train_run(config: ExperimentConfig, arm: Arm, seed: int, run_dir: Path, data
             saved = RunConfig.from_dict(state["config"])
             same = not [k for k in saved.differences(cfg) if k not in RESUMABLE]
             if same and int(state["epoch"]) <= cfg.epochs:  # else: a different run, trained afresh over it
-                trainer.restore()
+                trainer.load_state_dict(state)  # the checkpoint read once
         if trainer.epoch < cfg.epochs:
             trainer.fit(cfg.epochs)
     seconds = time.perf_counter() - start
