@@ -297,6 +297,22 @@ def plot_traversals(
 
 
 # ---------------------------------------------------------------------------------------------- latents
+def _prior_draws(prior, num: int, generator: Optional[torch.Generator]) -> np.ndarray:
+    """``num`` draws of the prior as float64 ``(num, D)``, from ``generator`` (default: seed 0), leaving the
+    global random state as it was."""
+    with torch.no_grad(), seeded(torch.Generator().manual_seed(0) if generator is None else generator):
+        return prior.sample((int(num),)).cpu().double().numpy()
+
+
+def _density_on_grid(prior, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The 2-D prior's density p(z) at every (xs[i], ys[j]), as float64 ``(len(xs), len(ys))``."""
+    grid = torch.as_tensor(np.stack(np.meshgrid(xs, ys, indexing="ij"), -1))
+    mean = getattr(prior, "mean", None)
+    with torch.no_grad():
+        dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
+        return prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
+
+
 def plot_aggregate_posterior(
     codes,
     prior,
@@ -326,9 +342,7 @@ def plot_aggregate_posterior(
     dim = z.shape[1]
     if tuple(prior.event_shape) != (dim,):
         raise ValueError(f"the prior has event_shape {tuple(prior.event_shape)}, the codes have D = {dim}")
-    gen = torch.Generator().manual_seed(0) if generator is None else generator
-    with torch.no_grad(), seeded(gen):
-        draws = prior.sample((int(num_prior_samples),)).cpu().double().numpy()
+    draws = _prior_draws(prior, num_prior_samples, generator)
     if dim == 2:
         lo, hi = np.quantile(z, 0.005, axis=0), np.quantile(z, 0.995, axis=0)
         lo = np.minimum(lo, np.quantile(draws, 0.005, axis=0))
@@ -338,11 +352,7 @@ def plot_aggregate_posterior(
         xs, ys = np.linspace(lo[0], hi[0], bins + 1), np.linspace(lo[1], hi[1], bins + 1)
         hist, _, _ = np.histogram2d(z[:, 0], z[:, 1], bins=[xs, ys], density=True)
         cx, cy = (xs[1:] + xs[:-1]) / 2, (ys[1:] + ys[:-1]) / 2
-        grid = torch.as_tensor(np.stack(np.meshgrid(cx, cy, indexing="ij"), -1))
-        mean = getattr(prior, "mean", None)
-        with torch.no_grad():
-            dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
-            density = prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
+        density = _density_on_grid(prior, cx, cy)
         fig = _figure(figsize or (9, 4), dpi)
         extent = (xs[0], xs[-1], ys[0], ys[-1])
         panels = ((hist, "aggregate encoding q(z), contours of p(z)"), (density, "prior p(z)"))
@@ -634,19 +644,13 @@ def plot_encodings_by_arm(
     levels_sd = sorted(float(k) for k in sd_levels)
     if not levels_sd or levels_sd[0] <= 0:
         raise ValueError(f"sd_levels must be positive numbers, got {sd_levels!r}")
-    gen = torch.Generator().manual_seed(0) if generator is None else generator
-    with torch.no_grad(), seeded(gen):
-        draws = prior.sample((int(num_prior_samples),)).cpu().double().numpy()
+    draws = _prior_draws(prior, num_prior_samples, generator)
     points = np.concatenate([draws] + list(arms.values()))
     lo, hi = np.quantile(points, 0.002, axis=0), np.quantile(points, 0.998, axis=0)
     centre, half = (lo + hi) / 2, max(float((hi - lo).max()), 1e-6) * 0.6  # a square range, 10% margins
     lo, hi = centre - half, centre + half
     xs, ys = np.linspace(lo[0], hi[0], 201), np.linspace(lo[1], hi[1], 201)
-    grid = torch.as_tensor(np.stack(np.meshgrid(xs, ys, indexing="ij"), -1))
-    mean = getattr(prior, "mean", None)
-    with torch.no_grad():
-        dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
-        density = prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
+    density = _density_on_grid(prior, xs, ys)
     fig = _figure(figsize or (5.2, 5.8), dpi)
     fig.set_layout_engine("compressed", w_pad=2 / 72, h_pad=2 / 72)  # the layout of a fixed-aspect axes
     ax = fig.add_subplot()
