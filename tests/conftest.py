@@ -1,6 +1,9 @@
 import pyro
 import pytest
 import torch
+from tiny import params, tiny
+
+from pyro_decomp.training import train
 
 
 def pytest_addoption(parser):
@@ -25,3 +28,12 @@ def fresh_pyro():
     torch.set_num_threads(1)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A finished two-epoch tiny pinwheel run, one per test module: ``(run_dir, final parameters)``."""
+    run_dir = str(tmp_path_factory.mktemp("run") / "run")
+    torch.set_num_threads(1)
+    run = train(tiny(epochs=2), run_dir, progress=False)
+    return run_dir, params(run.vae)

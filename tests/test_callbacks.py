@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny import tiny as tiny_run
 
 from pyro_decomp.callbacks import EarlyStopping, TensorBoardCallback
 from pyro_decomp.config import RunConfig
@@ -15,18 +16,8 @@ from pyro_decomp.training import resume, train
 
 
 def tiny(**changes) -> RunConfig:
-    values = dict(
-        dataset="pinwheel",
-        data_options={"num_per_class": 10},
-        network_options={"hidden": [16]},
-        batch_size=8,
-        epochs=3,
-        checkpoint_every=1,
-        eval_every=1,
-        device="cpu",
-    )
-    values.update(changes)
-    return RunConfig(**values)
+    """The shared tiny pinwheel run, 3 epochs with held-out numbers every epoch."""
+    return tiny_run(**{"epochs": 3, "eval_every": 1, **changes})
 
 
 def fake_trainer(is_main: bool = True) -> SimpleNamespace:

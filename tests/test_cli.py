@@ -8,7 +8,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import time
 
 import pytest
 import torch
+from launch import torchrun_train
 
 from pyro_decomp.cli import build_parser, main
 from pyro_decomp.config import RunConfig
@@ -521,24 +521,8 @@ def test_sigterm_checkpoints_the_current_step_exits_143_and_resumes_as_if_never_
         assert torch.equal(t, resumed[k]), k
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(*args):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [*cmd, "-m", "pyro_decomp", "train", *args], capture_output=True, text=True, timeout=300, env=env
-    )
+    result = torchrun_train(*args)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

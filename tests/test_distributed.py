@@ -14,9 +14,6 @@ two processes together draw the very samples one process draws for the concatena
 import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import warnings
 
@@ -27,6 +24,7 @@ import torch
 import torch.distributions.normal as torch_normal
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from launch import free_port, torchrun_train
 from torch.utils.data import TensorDataset
 
 from pyro_decomp import DecompVAE
@@ -35,12 +33,6 @@ from pyro_decomp.nets import MLPDecoder, MLPEncoder
 
 WORLD, B, D, N = 2, 8, 2, 40
 ESTIMATORS = ("mmd", "inclusive-kl", "exclusive-kl")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -183,7 +175,7 @@ def _worker(rank, world, port, out):
 
 def _run_two_ranks(out):
     context = mp.start_processes(
-        _worker, args=(WORLD, _free_port(), out), nprocs=WORLD, join=False, start_method="spawn"
+        _worker, args=(WORLD, free_port(), out), nprocs=WORLD, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + 240
     while not context.join(timeout=1):
@@ -294,17 +286,8 @@ def test_tiled_prior_repeats_the_local_batch():
 @pytest.mark.slow
 def test_torchrun_launches_the_command_line(tmp_path):
     run = str(tmp_path / "run")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-    ]
-    cmd += ["-m", "pyro_decomp", "train", "--data-option", "num_per_class=10", "--batch-size", "8"]
-    cmd += ["--epochs", "2", "--run-dir", run, "--no-progress", "--global-divergence"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    args = ["--data-option", "num_per_class=10", "--batch-size", "8", "--epochs", "2", "--run-dir", run]
+    result = torchrun_train(*args, "--no-progress", "--global-divergence")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run directory:") == 1  # rank 0 alone reports
     assert [json.loads(line)["epoch"] for line in open(os.path.join(run, "metrics.jsonl"))] == [1, 2]

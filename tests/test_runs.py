@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from tiny import params, tiny
+from tiny import tiny
 
 from pyro_decomp import runs
 from pyro_decomp.build import build
 from pyro_decomp.runs import CheckpointError, load_checkpoint, save_checkpoint
-from pyro_decomp.training import Trainer, train
+from pyro_decomp.training import Trainer
 
 
 def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
@@ -40,14 +40,6 @@ def test_checkpoint_write_is_atomic(tmp_path):
         save_checkpoint({"x": torch.zeros(1000), "bad": Unpicklable()}, path)
     assert open(path, "rb").read() == before  # the old file survives a write that fails half-way
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # and no temporary file is left behind
-
-
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("run") / "run")
-    torch.set_num_threads(1)
-    run = train(tiny(epochs=2), run_dir, progress=False)
-    return run_dir, params(run.vae)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.05])

@@ -5,7 +5,6 @@ import signal
 
 import pyro
 import pytest
-import torch
 from tiny import assert_bitwise_equal, params, tiny
 from torch.utils.data import DistributedSampler
 
@@ -13,14 +12,6 @@ from pyro_decomp.build import build
 from pyro_decomp.runs import load_checkpoint, read_metrics
 from pyro_decomp.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 from pyro_decomp.training import resume, train
-
-
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("run") / "run")
-    torch.set_num_threads(1)
-    run = train(tiny(epochs=2), run_dir, progress=False)
-    return run_dir, params(run.vae)
 
 
 # ---------------------------------------------------------------------------------------------- signals

@@ -13,14 +13,6 @@ from pyro_decomp.training import resume, train
 from pyro_decomp.version import __version__
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("run") / "run")
-    torch.set_num_threads(1)
-    run = train(tiny(epochs=2), run_dir, progress=False)
-    return run_dir, params(run.vae)
-
-
 def test_run_files_are_plain_and_complete(short_run):
     run_dir, final = short_run
     config = json.load(open(os.path.join(run_dir, "config.json")))
