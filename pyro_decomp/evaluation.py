@@ -37,6 +37,7 @@ from pyro_decomp.runs import (
     state_mismatch,
     write_json,
 )
+from pyro_decomp.trainer import average_loss_components
 from pyro_decomp.util import module_device
 
 __all__ = ["evaluate", "load_run", "write_figures"]
@@ -273,17 +274,11 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
         "_run": run,
     }
     with torch.no_grad():
-        sums: Dict[str, float] = {}
-        used = 0
-        for i in _chunks(n, config.batch_size, "loss components", progress):
-            xb = x[i : i + config.batch_size].to(dev)
-            if len(xb) < 2:  # a single point has no aggregate encoding
-                continue
-            comps = elbo.loss_components(vae.model, vae.guide, xb, dataset_size=len(xb))
-            for k, v in comps.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(xb)
-            used += len(xb)
-        result.update({k: v / used for k, v in sums.items()})
+        batches = (
+            x[i : i + config.batch_size].to(dev)
+            for i in _chunks(n, config.batch_size, "loss components", progress)
+        )
+        result.update(average_loss_components(elbo, vae, batches))
         err = [
             (vae.reconstruct(x[i : i + 256].to(dev)).cpu() - x[i : i + 256]).square().flatten(1).sum(1)
             for i in _chunks(n, 256, "reconstructions", progress)

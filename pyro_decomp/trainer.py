@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import pyro
 import torch
@@ -61,7 +61,13 @@ from pyro_decomp.runs import (
     write_metrics,
 )
 
-__all__ = ["HELD_OUT_POINTS", "NonFiniteLossError", "Trainer", "TrainingInterrupted"]
+__all__ = [
+    "HELD_OUT_POINTS",
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainingInterrupted",
+    "average_loss_components",
+]
 
 HELD_OUT_POINTS = 10000  # the most test points whose loss components are averaged
 
@@ -97,6 +103,21 @@ def _fmt(components: Dict[str, float]) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def average_loss_components(elbo, vae, batches: Iterable[torch.Tensor]) -> Dict[str, float]:
+    """Per-data-point loss components of ``elbo`` over ``batches``, each batch weighted by its size
+    (a batch of one point, which has no aggregate encoding, is skipped); {} when no batch counts."""
+    sums: Dict[str, float] = {}
+    used = 0
+    with torch.no_grad():
+        for x in batches:
+            if len(x) < 2:
+                continue
+            for key, value in elbo.loss_components(vae.model, vae.guide, x, dataset_size=len(x)).items():
+                sums[key] = sums.get(key, 0.0) + float(value) * len(x)
+            used += len(x)
+    return {k: v / used for k, v in sums.items()} if used else {}
 
 
 class _Stop(Exception):
@@ -380,28 +401,20 @@ class Trainer:
         exactly."""
         if self.test_set is None or not hasattr(self.elbo, "loss_components"):
             return {}
-        n = len(self.test_set)
-        index = subset_index(n, HELD_OUT_POINTS, torch.Generator().manual_seed(self.config.seed))
-        b = self.config.batch_size
-        sums: Dict[str, float] = {}
-        used = 0
+        index = subset_index(
+            len(self.test_set), HELD_OUT_POINTS, torch.Generator().manual_seed(self.config.seed)
+        )
+        parts = index.split(self.config.batch_size)
         was_training = self.vae.training
         self.vae.eval()
         try:
-            with self._fork_rng(), torch.no_grad():
+            with self._fork_rng():
                 torch.manual_seed(self.config.seed * 1_000_003 + self.epoch)
-                for i in range(0, len(index), b):
-                    part = index[i : i + b]
-                    if len(part) < 2:
-                        continue
-                    x = take(self.test_set, part)[0].to(self.device)
-                    comps = self.elbo.loss_components(self.vae.model, self.vae.guide, x, dataset_size=len(x))
-                    for key, value in comps.items():
-                        sums[key] = sums.get(key, 0.0) + float(value) * len(x)
-                    used += len(x)
+                batches = (take(self.test_set, part)[0].to(self.device) for part in parts)
+                components = average_loss_components(self.elbo, self.vae, batches)
         finally:
             self.vae.train(was_training)
-        return {HELD_OUT + k: v / used for k, v in sums.items()} if used else {}
+        return {HELD_OUT + k: v for k, v in components.items()}
 
     # ------------------------------------------------------------------ the loop
     def _on_signal(self, signum, frame):
