@@ -40,7 +40,7 @@ from pyro_decomp.runs import (
 from pyro_decomp.trainer import average_loss_components
 from pyro_decomp.util import module_device
 
-__all__ = ["evaluate", "load_run", "write_figures"]
+__all__ = ["encode_in_chunks", "evaluate", "load_run", "write_figures"]
 
 
 def load_run(run_dir: str, device="cpu") -> Run:
@@ -90,6 +90,22 @@ def _encode(vae, x: torch.Tensor, sample: bool, batch_size: int = 256) -> torch.
         xb = x[i : i + batch_size].to(device)
         out.append((vae.encoder_distribution(xb).sample() if sample else vae.encoder(xb)[0]).cpu())
     return torch.cat(out)
+
+
+def _chunks(n: int, size: int, desc: str, progress: bool):
+    return tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress, leave=False)
+
+
+@torch.no_grad()
+def encode_in_chunks(vae, dataset: Dataset, index, chunk: int = 1024, progress: bool = False):
+    """Encoder means ``(n, D)`` of the points ``index`` of ``dataset`` and their labels or factors, read and
+    encoded ``chunk`` points at a time: memory stays bounded (the full shapes grid is 12 GB as float32)."""
+    device, locs, labels = module_device(vae), [], []
+    for start in _chunks(len(index), chunk, "encoding", progress):
+        x, y = take(dataset, index[start : start + chunk])
+        locs.append(vae.encoder(x.to(device))[0].cpu())
+        labels.append(y)
+    return torch.cat(locs), torch.cat(labels)
 
 
 def _labels(dataset: Dataset, y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -201,10 +217,6 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _chunks(n: int, size: int, desc: str, progress: bool):
-    return tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress, leave=False)
 
 
 def evaluate(
@@ -321,13 +333,7 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
         stages.update(1)
         if ground_truth:
             index = subset_index(len(test_set), factor_points, torch.Generator().manual_seed(seed))
-            xf, factors = take(test_set, index)
-            fcodes = torch.cat(
-                [
-                    _encode(vae, xf[i : i + 4096], sample=False)
-                    for i in _chunks(len(xf), 4096, "encoding", progress)
-                ]
-            )
+            fcodes, factors = encode_in_chunks(vae, test_set, index, chunk=4096, progress=progress)
             transform = None
             if config.prior == "student-t":
                 transform = metrics.prior_cdf_transform(vae.prior_distribution())

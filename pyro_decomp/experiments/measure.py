@@ -24,6 +24,7 @@ from pyro_decomp.config import RESUMABLE, RunConfig
 from pyro_decomp.data import SHAPE_NAMES, Shapes
 from pyro_decomp.data.indexing import grid_subset, subset_index, take
 from pyro_decomp.divergences import build_divergence
+from pyro_decomp.evaluation import encode_in_chunks
 from pyro_decomp.experiments.configs import Arm, ExperimentConfig
 from pyro_decomp.metrics import adjusted_rand_index
 from pyro_decomp.runs import CHECKPOINT_NAME, load_checkpoint, lock_run
@@ -35,7 +36,6 @@ __all__ = [
     "MIN_OCCUPANCY",
     "components_used",
     "decoder_scale",
-    "encode_in_chunks",
     "experiment_data",
     "measure_run",
     "shapes_at_32",
@@ -114,17 +114,6 @@ def _reconstruction(vae, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
     q = vae.encoder_distribution(x)
     z = q.sample((num_samples,))
     return vae.likelihood(vae.decoder(z), x.dim() - 1).log_prob(x).mean(0)
-
-
-@torch.no_grad()
-def encode_in_chunks(vae, dataset, index: torch.Tensor, chunk: int = 1024):
-    """Encoder means of the points ``index`` and their labels or factors, in chunks (bounded memory)."""
-    device, locs, labels = module_device(vae), [], []
-    for start in range(0, len(index), chunk):
-        x, y = take(dataset, index[start : start + chunk])
-        locs.append(vae.encoder(x.to(device))[0].cpu())
-        labels.append(y)
-    return torch.cat(locs), torch.cat(labels)
 
 
 @torch.no_grad()
