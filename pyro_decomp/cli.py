@@ -288,13 +288,13 @@ def _resume_changes(args, run_dir: str) -> Dict[str, Any]:
         raise ValueError("--config cannot be given with --resume: a resumed run keeps its own config.json")
     saved = load_config(run_dir)
     given = _given(args)
-    refused = [
-        config_flag(key)
-        for key, value in given.items()
-        if key not in RESUMABLE
-        and value != getattr(saved, key)
-        and not (isinstance(value, dict) and {**getattr(saved, key), **value} == getattr(saved, key))
-    ]
+    refused = []
+    for key, value in given.items():
+        current = getattr(saved, key)
+        if isinstance(value, dict):  # option flags add to the run's options, as they do over a --config file
+            value = {**current, **value}
+        if key not in RESUMABLE and value != current:
+            refused.append(config_flag(key))
     if refused:
         raise ValueError(
             f"{', '.join(refused)} cannot be changed when resuming: a resumed run keeps the settings of "
