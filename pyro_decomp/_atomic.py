@@ -1,13 +1,20 @@
-"""Atomic file writes: a file at its final path is either its old self or complete, never partial."""
+"""Atomic file writes that never follow a link: a file at its final path is either its old self or complete,
+never partial, and nothing outside the target's directory is ever written through a symbolic link."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from typing import BinaryIO, Iterator, Union
 
-__all__ = ["atomic_open"]
+from pyro_decomp.util import UnsafePathError, check_regular, open_no_follow
+
+__all__ = ["UnsafePathError", "atomic_open", "check_regular", "open_no_follow", "TEMPORARY"]
+
+# the temporary files of atomic_open: ".NAME.<12 hex digits>.tmp" (what a clean-up may remove, nothing else)
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp$")
 
 
 def _fsync_dir(directory: str) -> None:
@@ -30,23 +37,34 @@ def atomic_open(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
     On a clean exit the file is flushed, fsynced and renamed over ``path`` (``os.replace``), and the directory
     is fsynced; on any exception, ``KeyboardInterrupt`` included, the temporary file is removed and ``path``
     is left as it was. The file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600.
+
+    ``path`` must be a regular file or absent: a symbolic link or anything else there raises
+    :class:`UnsafePathError` before anything is written. The temporary file is created with
+    ``O_EXCL | O_NOFOLLOW`` and written through that descriptor. An ``OSError`` while writing (a full disk)
+    is raised again with ``path`` as its file name, so that its one-line message names the file.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    check_regular(path)
     while True:
         tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
             break
         except FileExistsError:
             continue
     try:
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            try:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                if e.errno is None or e.filename is not None:
+                    raise
+                raise OSError(e.errno, e.strerror or str(e), path) from None
+        check_regular(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -11,24 +11,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import shlex
 import sys
 import time
 import warnings
 from typing import Any, Dict, List, Optional
 
 from pyro_decomp.callbacks import TensorBoardCallback
-from pyro_decomp.config import DATASET_DEFAULTS, RESUMABLE, RunConfig, check_device_name, setting_kind
+from pyro_decomp.config import (
+    DATASET_DEFAULTS,
+    INT_MAXIMUM,
+    RESUMABLE,
+    SEED_MAXIMUM,
+    RunConfig,
+    check_device_name,
+    setting_kind,
+)
 from pyro_decomp.evaluation import evaluate, write_figures
 from pyro_decomp.experiments import EXPERIMENTS, SCALES, reproduce
 from pyro_decomp.runs import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     EVALUATION_NAME,
-    FIGURES_DIR,
     METRICS_NAME,
     CheckpointError,
     RunLocked,
+    figures_dir,
     load_config,
 )
 from pyro_decomp.training import NonFiniteLossError, TrainingInterrupted, resume, train
@@ -58,8 +68,8 @@ def _number(kind, name, lower=None, strict=False, upper=None):
             raise argparse.ArgumentTypeError(
                 f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
-        if kind is float and value != value:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
         if lower is not None and (value <= lower if strict else value < lower):
             raise argparse.ArgumentTypeError(f"{name} must be {'>' if strict else '>='} {lower}, got {text}")
         if upper is not None and value > upper:
@@ -128,7 +138,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
             kwargs["help"] += " (KEY=VALUE, VALUE as JSON; repeatable)"
         elif kind in (int, float):
-            kwargs["type"] = _number(kind, flag[2:], meta.get("minimum"), meta.get("strict"))
+            upper = meta.get("maximum") or (INT_MAXIMUM if kind is int else None)
+            kwargs["type"] = _number(kind, flag[2:], meta.get("minimum"), meta.get("strict"), upper)
         elif f.name == "device":
             kwargs["type"] = _device
         elif meta.get("choices") is not None:
@@ -161,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a run already in --run-dir, once the new run is built (the old run stays if it fails)",
+        help="replace a run already in --run-dir: its files are set aside once the new run is built and "
+        "deleted once the new run has written its first checkpoint; the old run is put back if the new one "
+        "fails before that. Only a run's own files are replaced",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-figures", action="store_true", help="draw no figures at the end")
@@ -208,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--votes-size", type=_number(int, "votes-size", 1, strict=True), default=1000, help="codes per vote"
     )
-    e.add_argument("--seed", type=_number(int, "seed", 0), default=0, help="seed of the subsets and samples")
+    e.add_argument(
+        "--seed",
+        type=_number(int, "seed", 0, upper=SEED_MAXIMUM),
+        default=0,
+        help="seed of the subsets and samples",
+    )
     e.add_argument("--no-figures", action="store_true", help="write no figures")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_evaluate, subparser=e)
@@ -228,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         "paper's settings (for a GPU)",
     )
     r.add_argument("--out", required=True, help="output directory")
-    r.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the scale's)")
+    r.add_argument(
+        "--seeds",
+        type=_number(int, "seeds", 0, upper=SEED_MAXIMUM),
+        nargs="+",
+        default=None,
+        help="training seeds (default: the scale's)",
+    )
     r.add_argument(
         "--data-root",
         default=None,
@@ -304,10 +328,38 @@ def _resume_changes(args, run_dir: str) -> Dict[str, Any]:
     return {k: v for k, v in given.items() if k in RESUMABLE}
 
 
+class _Figures:
+    """Draws the run's figures at the end of training, while the run directory is still locked, so that
+    they are the figures of this run whatever starts in the directory next."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.paths: Dict[str, str] = {}
+
+    def on_train_end(self, trainer) -> None:
+        if not trainer.writes_files:
+            return
+        try:
+            self.paths = write_figures(
+                trainer.vae,
+                trainer.config,
+                trainer.train_set,
+                figures_dir(self.run_dir),
+                metrics_path=os.path.join(self.run_dir, METRICS_NAME),
+                kinds=("aggregate_posterior", "training_curves"),
+                seed=trainer.config.seed,
+            )
+        except (ImportError, OSError, ValueError) as e:  # the run itself is complete
+            print(f"pyro-decomp: no figures ({_message(e)})", file=sys.stderr)
+
+
 def _callbacks(args, run_dir: str) -> list:
-    if not args.tensorboard:
-        return []
-    return [TensorBoardCallback(os.path.join(run_dir, "tensorboard"), figures=not args.no_figures)]
+    callbacks: List[Any] = [] if args.no_figures else [_Figures(run_dir)]
+    if args.tensorboard:
+        callbacks.append(
+            TensorBoardCallback(os.path.join(run_dir, "tensorboard"), figures=not args.no_figures)
+        )
+    return callbacks
 
 
 def _train(args, parser) -> int:
@@ -317,21 +369,18 @@ def _train(args, parser) -> int:
         if args.resume:
             run_dir = args.resume
             changes = _resume_changes(args, run_dir)
-            result = resume(run_dir, changes, progress=progress, callbacks=_callbacks(args, run_dir))
+            callbacks = _callbacks(args, run_dir)
+            result = resume(run_dir, changes, progress=progress, callbacks=callbacks)
         else:
             config = _config_from_args(args)
             run_dir = args.run_dir or _default_run_dir(config.dataset)
-            result = train(
-                config,
-                run_dir,
-                progress=progress,
-                overwrite=args.overwrite,
-                callbacks=_callbacks(args, run_dir),
-            )
+            callbacks = _callbacks(args, run_dir)
+            result = train(config, run_dir, progress=progress, overwrite=args.overwrite, callbacks=callbacks)
     except TrainingInterrupted as e:
         print(f"pyro-decomp: {e}", file=sys.stderr)
         if e.checkpoint:
-            print(f"continue with: pyro-decomp train --resume {args.resume or run_dir}", file=sys.stderr)
+            where = shlex.quote(args.resume or run_dir)
+            print(f"continue with: pyro-decomp train --resume {where}", file=sys.stderr)
         return 128 + int(e.signal)
     except (NonFiniteLossError, CheckpointError, RunLocked) as e:
         print(f"pyro-decomp: error: {e}", file=sys.stderr)
@@ -341,20 +390,7 @@ def _train(args, parser) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # a process of rank > 0 under torchrun
         return 0
-    figures = {}
-    if not args.no_figures:
-        try:
-            figures = write_figures(
-                result.vae,
-                result.config,
-                result.train_set,
-                os.path.join(run_dir, FIGURES_DIR),
-                metrics_path=os.path.join(run_dir, METRICS_NAME),
-                kinds=("aggregate_posterior", "training_curves"),
-                seed=result.config.seed,
-            )
-        except (ImportError, OSError) as e:  # the run itself is complete
-            print(f"pyro-decomp: no figures ({_message(e)})", file=sys.stderr)
+    figures = next((c.paths for c in callbacks if isinstance(c, _Figures)), {})  # drawn under the lock
     last = result.metrics[-1] if result.metrics else {}
     print(
         f"trained {result.trained_epochs} epochs in {time.perf_counter() - start:.1f} s "
@@ -368,7 +404,7 @@ def _train(args, parser) -> int:
     print(f"  metrics:     {os.path.join(run_dir, METRICS_NAME)}")
     for name, path in figures.items():
         print(f"  figure:      {path} ({name.replace('_', ' ')})")
-    print(f"evaluate it with: pyro-decomp evaluate {run_dir}")
+    print(f"evaluate it with: pyro-decomp evaluate {shlex.quote(run_dir)}")
     return 0
 
 
@@ -450,8 +486,8 @@ def _reproduce(args, parser) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``pyro-decomp``; returns the exit status (0 ok, 1 failed, 2 usage, 130/143 stopped by
-    SIGINT/SIGTERM)."""
+    """Entry point of ``pyro-decomp``; returns the exit status (0 ok, 1 failed, 2 usage, 130/143/129 stopped
+    by SIGINT/SIGTERM/SIGHUP)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

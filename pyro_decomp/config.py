@@ -106,9 +106,13 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 DATASET_DEFAULTS["dsprites"] = dict(DATASET_DEFAULTS["shapes"])
 
 
-def _setting(default, help: str, *, choices=None, minimum=None, strict=False, **kwargs):
+INT_MAXIMUM = 2**63 - 1  # the largest integer setting (torch's int64)
+SEED_MAXIMUM = 2**32 - 1  # NumPy's generators take 32-bit seeds
+
+
+def _setting(default, help: str, *, choices=None, minimum=None, strict=False, maximum=None, **kwargs):
     """A dataclass field with the metadata that the command line and the validation read."""
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "strict": strict}
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "strict": strict, "maximum": maximum}
     if callable(default) and not isinstance(default, (bool, int, float, str)):
         return field(default_factory=default, metadata=metadata, **kwargs)
     return field(default=default, metadata=metadata, **kwargs)
@@ -199,7 +203,10 @@ class RunConfig:
     batch_size: Optional[int] = _setting(None, "minibatch size B per process", minimum=1, strict=True)
     lr: Optional[float] = _setting(None, "Adam (amsgrad) learning rate", minimum=0.0, strict=True)
     seed: int = _setting(
-        0, "seeds the initialisation, the sampling and the data order of every epoch", minimum=0
+        0,
+        "seeds the initialisation, the sampling and the data order of every epoch",
+        minimum=0,
+        maximum=SEED_MAXIMUM,
     )
     device: str = _setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     checkpoint_every: Optional[int] = _setting(None, "epochs between checkpoints", minimum=0, strict=True)
@@ -308,10 +315,17 @@ def setting_kind(f: dataclasses.Field) -> Tuple[type, bool]:
 def _check_number(name: str, value, meta, kind):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind is float and isinstance(value, int) and abs(value) > 1e300:
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 in a JSON file reads as inf
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if kind is int and int(value) != value:
         raise ValueError(f"{name} must be an integer, got {value!r}")
     lower, strict = meta.get("minimum"), meta.get("strict")
-    if not math.isfinite(value) or (lower is not None and (value <= lower if strict else value < lower)):
+    if lower is not None and (value <= lower if strict else value < lower):
         rel = ">" if strict else ">="
         raise ValueError(f"{name} must be a finite number {rel} {lower}, got {value!r}")
+    upper = meta.get("maximum") or (INT_MAXIMUM if kind is int else None)
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be at most {upper}, got {value!r}")
     return kind(value)

@@ -25,11 +25,11 @@ from pyro_decomp.data.indexing import subset_index, take
 from pyro_decomp.runs import (
     CHECKPOINT_NAME,
     EVALUATION_NAME,
-    FIGURES_DIR,
     METRICS_NAME,
     SHOWN,
     Run,
     check_writable,
+    figures_dir,
     load_checkpoint,
     load_config,
     lock_run,
@@ -249,18 +249,18 @@ def evaluate(
     """
     check_writable(run_dir)
     if figures:
-        check_writable(os.path.join(run_dir, FIGURES_DIR))
+        check_writable(figures_dir(run_dir))  # a real directory: a link there is refused
     with lock_run(run_dir):
         result = _measure(
             run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress
         )
         run = result.pop("_run")
         if figures:
-            result["figures"] = write_figures(
+            result["figures"] = write_figures(  # under the lock: the figures of this run
                 run.vae,
                 run.config,
                 run.test_set,
-                os.path.join(run_dir, FIGURES_DIR),
+                figures_dir(run_dir),
                 metrics_path=os.path.join(run_dir, METRICS_NAME),
                 max_points=max_points,
                 seed=seed,

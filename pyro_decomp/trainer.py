@@ -10,8 +10,11 @@ components every ``eval_every`` epochs where the data set has a test split); che
 with it the prior), the optimiser, every process's random number generators and the position in the run.
 The order of the data in epoch e is a function of (seed, e) alone, so a run resumed from a checkpoint takes
 the same steps as one that never stopped: on CPU with the same number of threads the parameters agree
-bitwise. SIGINT (Ctrl-C) and SIGTERM (what a job scheduler or ``docker stop`` sends) finish the current step,
-write a checkpoint and raise :class:`TrainingInterrupted`.
+bitwise. SIGINT (Ctrl-C), SIGTERM (what a job scheduler or ``docker stop`` sends) and SIGHUP (a closed
+terminal or SSH session) finish the current step, write a checkpoint and raise :class:`TrainingInterrupted`.
+When an epoch gives a new lowest held-out loss, ``best.pt`` is written before ``checkpoint.pt``: a kill
+between the two leaves a checkpoint from before that epoch, and the resumed run, which repeats the epoch
+exactly, writes ``best.pt`` again, so the two files never disagree.
 
 Callbacks are objects with optional methods ``on_epoch_end(trainer, record)`` and ``on_train_end(trainer)``;
 one that sets ``trainer.should_stop = True`` ends training cleanly after the epoch, with a checkpoint.
@@ -83,7 +86,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT or SIGTERM after writing a checkpoint at ``checkpoint`` (None: no run dir).
+    """Training stopped on SIGINT, SIGTERM or SIGHUP after writing a checkpoint at ``checkpoint`` (None: no
+    run directory).
 
     ``signal`` is the signal's number (``signal.SIGINT`` for Ctrl-C).
     """
@@ -262,15 +266,18 @@ class Trainer:
         else:  # a checkpoint from another number of processes
             pyro.set_rng_seed(self.config.seed + 7919 * self.context.rank + 104729 * self.global_step)
 
-    def save(self, path: Optional[str] = None) -> Optional[str]:
-        """Write a checkpoint to ``path`` (default ``RUN_DIR/checkpoint.pt``) and return it. Every process
-        takes part (their RNG states are gathered); rank 0 writes."""
+    def save(self, path: Optional[str] = None, best: bool = False) -> Optional[str]:
+        """Write a checkpoint to ``path`` (default ``RUN_DIR/checkpoint.pt``) and return it; with ``best``,
+        the same state to ``RUN_DIR/best.pt`` first. Every process takes part (their RNG states are
+        gathered); rank 0 writes."""
         path = path or self.checkpoint_path
         if path is None:
             return None
         state = self.state_dict()
         if not self.context.is_main:
             return None
+        if best:
+            save_checkpoint(state, self._path(BEST_NAME))
         save_checkpoint(state, path)
         return path
 
@@ -450,9 +457,9 @@ class Trainer:
         """Train until ``epochs`` epochs (the run's total, default ``config.epochs``) are done.
 
         Writes ``config.json`` (with the new total), appends one record per epoch to ``metrics.jsonl`` and
-        checkpoints every ``checkpoint_every`` epochs and at the end. On SIGINT or SIGTERM the current step
-        finishes, a checkpoint is written and :class:`TrainingInterrupted` is raised; a second signal stops at
-        once. A callback that sets ``should_stop`` ends training after the epoch, with a checkpoint.
+        checkpoints every ``checkpoint_every`` epochs and at the end. On SIGINT, SIGTERM or SIGHUP the current
+        step finishes, a checkpoint is written and :class:`TrainingInterrupted` is raised; a second signal
+        stops at once. A callback that sets ``should_stop`` ends training after the epoch, with a checkpoint.
 
         :returns: the records of the epochs trained by this call.
         """
@@ -468,7 +475,7 @@ class Trainer:
             self._prepare_run_dir()
         handlers = {}
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 handlers[signum] = signal.signal(signum, self._on_signal)
         records: List[Dict[str, Any]] = []
         bar = tqdm(
@@ -495,8 +502,8 @@ class Trainer:
                         callback.on_epoch_end(self, record)
                 stop = self._agree(self.should_stop)
                 if epoch % self.config.checkpoint_every == 0 or epoch == epochs or stop:
-                    self.save()
-                if best:
+                    self.save(best=best)  # best.pt first: see the module's docstring
+                elif best:
                     self.save(self._path(BEST_NAME))
                 if stop:
                     break

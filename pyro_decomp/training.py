@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, Optional, Sequence
+import threading
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import pyro
 import torch
 
-from pyro_decomp.build import build
+from pyro_decomp.build import build, build_networks
 from pyro_decomp.config import RESUMABLE, RunConfig, resolve_device
+from pyro_decomp.data.indexing import take
 from pyro_decomp.distributed import (
     DistributedContext,
     broadcast_module,
@@ -30,16 +32,97 @@ from pyro_decomp.runs import (
     CheckpointError,
     Run,
     check_run_dir,
-    clear_run,
+    holds_run,
     load_checkpoint,
     load_config,
     lock_run,
     read_metrics,
     restart_command,
+    set_aside,
+    settle_overwrite,
 )
 from pyro_decomp.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "resume", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainingBusy",
+    "TrainingInterrupted",
+    "check_model_size",
+    "resume",
+    "train",
+]
+
+SEED_MODULUS = 2**32  # NumPy's seeds are 32-bit: a process's seed is taken modulo this
+# the shape of one data point of each built-in data set, for the memory estimate made before any data is read
+DATA_SHAPES = {"pinwheel": (2,), "shapes": (1, 64, 64), "dsprites": (1, 64, 64), "fashion-mnist": (1, 32, 32)}
+BYTES_PER_PARAMETER = 20  # float32 value, gradient and Adam's (amsgrad) three moments
+TABLE_COPIES = 3  # (B, B, D) tables of the divergence estimators alive at once, with their gradients
+
+
+class TrainingBusy(RuntimeError):
+    """A second :func:`train` or :func:`resume` while one runs in another thread of the same process."""
+
+
+_TRAINING = threading.Lock()  # Pyro's parameter store and torch's generators are global: one run at a time
+
+
+@contextlib.contextmanager
+def _one_training():
+    if not _TRAINING.acquire(blocking=False):
+        raise TrainingBusy(
+            "one training per process at a time: another thread of this process is training; wait for it "
+            "to end, or train in another process"
+        )
+    try:
+        yield
+    finally:
+        _TRAINING.release()
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _available_memory(device: torch.device) -> Tuple[int, str]:
+    """Bytes of memory free for a run on ``device`` and its name (0 when unknown)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "of memory available"
+    except OSError:
+        pass
+    return 0, ""
+
+
+def check_model_size(config: RunConfig, data=None, device=None) -> int:
+    """Refuse a run too large for memory before anything is built or written; returns the estimate (bytes).
+
+    The estimate: the parameters of the encoder and decoder (built on the ``meta`` device, which allocates
+    nothing) at :data:`BYTES_PER_PARAMETER` bytes each, plus the (B, B, D) tables of log q(z_i|x_b) or kernel
+    values that the divergence estimators hold per particle, :data:`TABLE_COPIES` of them in float32.
+
+    :raises ValueError: the estimate exceeds the memory available (``/proc/meminfo``, or CUDA's free memory),
+        naming the settings that set the size.
+    """
+    try:
+        shape = tuple(take(data[0], [0])[0].shape[1:]) if data is not None else DATA_SHAPES[config.dataset]
+        with torch.device("meta"):
+            encoder, decoder = build_networks(config, shape)
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, NotImplementedError):
+        return 0  # the build reports a bad network option or data set itself
+    parameters = sum(p.numel() for net in (encoder, decoder) for p in net.parameters())
+    b, d = config.batch_size, config.latent_dim
+    need = parameters * BYTES_PER_PARAMETER + TABLE_COPIES * 4 * b * b * d * config.num_particles
+    dev = resolve_device(config.device) if device is None else torch.device(device)
+    available, where = _available_memory(dev)
+    if available and need > available:
+        raise ValueError(
+            f"the run needs about {need / 2**30:.3g} GiB ({parameters:.3g} parameters, (B, B, D) = "
+            f"({b}, {b}, {d}) divergence tables), more than the {available / 2**30:.3g} GiB {where}: lower "
+            "--latent-dim, --batch-size or the network sizes (--network-options)"
+        )
+    return need
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -59,7 +142,7 @@ def _start(config: RunConfig, device, context: Optional[DistributedContext], dat
     vae = vae.to(dev)
     broadcast_module(vae)
     if context.rank > 0:
-        pyro.set_rng_seed(config.seed + 7919 * context.rank)
+        pyro.set_rng_seed((config.seed + 7919 * context.rank) % SEED_MODULUS)
     return dev, context, own_context, vae, elbo, train_set, test_set
 
 
@@ -119,30 +202,47 @@ def train(
 ) -> Run:
     """Seed, build and train a fresh run; returns the trained :class:`~pyro_decomp.runs.Run`.
 
-    With a ``run_dir``, the directory is checked (a writable directory) and locked, then checked to hold no
-    run unless ``overwrite``; the run is built, and only then, with ``overwrite``, are the old run's files
-    removed, so a run that fails to build leaves the old one intact. The lock is held until training ends;
-    another process that wants the directory meanwhile gets :class:`~pyro_decomp.runs.RunLocked`. Under
+    First the run's memory is estimated (:func:`check_model_size`): a run too large is refused before any
+    directory is made. With a ``run_dir``, the directory is checked (a new or empty directory, or one that
+    holds a run) and locked, then checked to hold no run unless ``overwrite``. A directory that holds
+    anything a run did not write, and no run, is refused: only the run's own files are ever written,
+    replaced or deleted. With ``overwrite`` the old run's files are set aside once the new run is built, and
+    dropped once the new run has written its first checkpoint; a new run that fails before that is removed
+    and the old run put back (also after a kill, by the next ``train`` or ``resume`` of the directory). The
+    lock is held until training ends; another process that wants the directory meanwhile gets
+    :class:`~pyro_decomp.runs.RunLocked`, another thread of this process :class:`TrainingBusy`. Under
     torchrun (``WORLD_SIZE`` > 1 in the environment) the process joins the group and trains its shard.
     ``data``: a ``(train_set, test_set)`` pair instead of ``config.dataset``'s.
     """
     main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
     writer = run_dir is not None and main
-    if writer:
-        check_run_dir(run_dir, overwrite=True)  # a directory, and writable: before the lock creates it
-    with lock_run(run_dir) if writer else contextlib.nullcontext():
+    check_model_size(config, data, device)
+    with _one_training():
         if writer:
-            check_run_dir(run_dir, overwrite)  # under the lock: no other process is starting a run there
-        return _fit(
-            config,
-            run_dir,
-            device=device,
-            context=context,
-            data=data,
-            progress=progress,
-            callbacks=callbacks,
-            before_fit=lambda trainer: clear_run(run_dir) if writer else None,  # only once the run is built
-        )
+            check_run_dir(run_dir, overwrite=True)  # a directory, and writable: before the lock creates it
+        with lock_run(run_dir) if writer else contextlib.nullcontext():
+            if writer:
+                settle_overwrite(run_dir)  # an --overwrite cut short by a kill
+                check_run_dir(run_dir, overwrite)  # under the lock: no other process is starting a run there
+
+            def before_fit(trainer):  # only once the run is built
+                if writer and holds_run(run_dir):
+                    set_aside(run_dir)
+
+            try:
+                return _fit(
+                    config,
+                    run_dir,
+                    device=device,
+                    context=context,
+                    data=data,
+                    progress=progress,
+                    callbacks=callbacks,
+                    before_fit=before_fit,
+                )
+            finally:
+                if writer:
+                    settle_overwrite(run_dir)
 
 
 def resume(
@@ -172,9 +272,16 @@ def resume(
             f"{', '.join(refused)} cannot be changed when resuming {run_dir}: a resumed run keeps its "
             f"settings (only {', '.join(RESUMABLE)} may change)"
         )
+    if not os.path.isdir(run_dir):
+        raise ValueError(
+            f"cannot resume {run_dir}: it is {'a file' if os.path.exists(run_dir) else 'missing'}, not a run "
+            "directory (the directory that holds config.json and checkpoint.pt)"
+        )
     load_config(run_dir)  # a missing run is named before the lock creates anything
     main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
-    with lock_run(run_dir) if main else contextlib.nullcontext():
+    with _one_training(), lock_run(run_dir) if main else contextlib.nullcontext():
+        if main:
+            settle_overwrite(run_dir)  # an --overwrite cut short by a kill: the old run is back
         # read under the lock: no other process is writing the run
         saved = load_config(run_dir)
         checkpoint = os.path.join(run_dir, CHECKPOINT_NAME)

@@ -9,15 +9,73 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import warnings
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
-__all__ = ["seeded", "module_device", "read_jsonl", "append_jsonl"]
+__all__ = [
+    "UnsafePathError",
+    "append_jsonl",
+    "check_regular",
+    "module_device",
+    "open_no_follow",
+    "read_jsonl",
+    "seeded",
+]
 
 PathLike = Union[str, os.PathLike]
+
+
+class UnsafePathError(ValueError):
+    """A path that the package refuses to write, replace or delete: a symbolic link or not a regular file."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def check_regular(path: Union[str, os.PathLike], action: str = "write") -> bool:
+    """Whether ``path`` exists as a regular file (False when it does not exist); anything else there (a
+    symbolic link, a directory, a FIFO, ...) raises :class:`UnsafePathError` naming it and the fix."""
+    path = os.fspath(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    raise UnsafePathError(
+        f"refusing to {action} {path}: it is {_kind(mode)}, not a file pyro_decomp wrote (links are never "
+        "followed); remove or rename it"
+    )
+
+
+def open_no_follow(path: Union[str, os.PathLike], flags: int, mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)`` that accepts regular files only; returns the descriptor.
+
+    A symbolic link or anything that is not a regular file (a directory, a FIFO, a device) raises
+    :class:`UnsafePathError` naming it; the file is checked with ``fstat`` on the opened descriptor, so
+    nothing can swap it between the check and the use. Open without ``O_TRUNC``, truncate after this check.
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError:
+        if os.path.islink(path) or os.path.isdir(path):
+            check_regular(path)
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        check_regular(path)
+        raise UnsafePathError(f"refusing to write {path}: not a regular file; remove or rename it")
+    return fd
 
 
 @contextmanager
@@ -78,8 +136,18 @@ def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
 
 
 def append_jsonl(path: PathLike, record: Dict[str, Any]) -> None:
-    """Append one record as a line and flush it to disk (fsync), so that a crash keeps every earlier line."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record as a line and flush it to disk (fsync), so that a crash keeps every earlier line.
+
+    The file is opened without following links and must be a regular file
+    (:class:`UnsafePathError` otherwise); a failed write (a full disk) names the file.
+    """
+    fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno is None or e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), os.fspath(path)) from None

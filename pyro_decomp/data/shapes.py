@@ -20,6 +20,7 @@ implicit functions on whole images instead, and gives the same bits.
 
 from __future__ import annotations
 
+import errno
 import math
 import warnings
 from pathlib import Path
@@ -46,6 +47,19 @@ FULL_SIZES = (3, 6, 40, 32, 32)
 
 # Geometry, in pixels. Bump RENDER_VERSION whenever anything here changes the pixels: it names the cache.
 RENDER_VERSION = 1
+# why a cache cannot be written (a read-only or full file system, no permission, a file where a directory
+# should be): the images are then rendered in memory
+_UNWRITABLE = {
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ELOOP,
+}
 HALF_SIZE = 10.0  # half the side of the square at scale 1
 WINDOW = 30  # sprite window; the sprite's centre is its middle pixel corner
 MARGIN = WINDOW // 2  # the lowest centre coordinate
@@ -280,8 +294,14 @@ class Shapes(GroundTruthData):
                 )
                 self._storage = PackedImages(path=self.cache_path)
                 return
-            except PermissionError as e:
-                warnings.warn(f"cannot write {self.cache_path} ({e}); rendering in memory", stacklevel=2)
+            except OSError as e:
+                if e.errno not in _UNWRITABLE:
+                    raise
+                warnings.warn(
+                    f"cannot write the shapes cache {self.cache_path} ({e.strerror or e}); rendering in "
+                    "memory (set PYRO_DECOMP_DATA or --data-root to a writable directory to keep a cache)",
+                    stacklevel=2,
+                )
                 self.cache_path = None
         packed = np.empty((total, IMAGE_SIZE, IMAGE_SIZE // 8), dtype=np.uint8)
         with self._progress_bar(total) as bar:
