@@ -522,11 +522,15 @@ def holds_run(run_dir: str) -> bool:
 
 
 def _foreign(run_dir: str) -> List[str]:
-    """The entries of ``run_dir`` that a run did not write (not the lock, not a set-aside run)."""
+    """The entries of ``run_dir``, which holds no run, other than a lock file and temporary files that a run
+    left (a run writes ``config.json`` before anything else, so any other file there is not a run's)."""
     if not os.path.isdir(run_dir):
         return []
-    owned = {rel.split("/", 1)[0] for rel in owned_files(run_dir)}
-    return sorted(set(os.listdir(run_dir)) - owned - {LOCK_NAME, ASIDE_NAME})
+    return sorted(
+        name
+        for name in os.listdir(run_dir)
+        if name not in (LOCK_NAME, ASIDE_NAME) and not _own_temporary(name, RUN_FILES + (WRITE_TEST,))
+    )
 
 
 def check_run_dir(run_dir: str, overwrite: bool = False) -> None:
