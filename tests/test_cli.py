@@ -727,3 +727,80 @@ def test_messages_after_damage_or_an_early_kill_lead_somewhere(tmp_path, capsys)
         open(os.path.join(run, name), "wb").close()
     assert main(["train", "--resume", run, "--epochs", "3", "--no-progress", "--no-figures"]) == 0
     assert not [n for n in os.listdir(run) if n.startswith(".") and n.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ the run directory's last holes
+def test_sighup_writes_a_checkpoint_and_exits_129(tmp_path):
+    run = str(tmp_path / "run")
+    proc = cli(
+        "train", *TINY, "--epochs", "100000", "--checkpoint-every", "1000", "--run-dir", run, "--no-figures"
+    )
+    wait_for(os.path.join(run, "metrics.jsonl"), proc)
+    proc.send_signal(signal.SIGHUP)  # the SSH session closed
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    assert "interrupted by SIGHUP" in err and f"--resume {run}" in err
+    assert load_checkpoint(os.path.join(run, "checkpoint.pt"))["epoch"] >= 1
+
+
+def test_evaluate_refuses_a_symlinked_lock_in_one_line_and_leaves_its_target(tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(victim, run / ".lock")
+    assert main(["evaluate", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "symbolic link" in err and str(run / ".lock") in err
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--seed", "99999999999999999999"], "seed must be <= 4294967295"),
+        (["train", "--seed", "4294967296"], "seed must be <= 4294967295"),
+        (["train", "--lr", "1e400"], "lr must be a finite number"),
+        (["evaluate", "run", "--seed", "4294967296"], "seed must be <= 4294967295"),
+        (["reproduce", "clustering", "--scale", "smoke", "--out", "o", "--seeds", "1e3"], "seeds must be an"),
+    ],
+)
+def test_numbers_out_of_range_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_numbers_out_of_range_in_a_config_file_name_the_setting(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    for text, message in [
+        ('{"epochs": 1e400}', "epochs must be a finite number"),
+        ('{"seed": 4294967296}', "seed"),
+    ]:
+        path.write_text(text)
+        assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_figures_are_drawn_under_the_lock_and_hints_are_shell_quoted(tmp_path, capsys, monkeypatch):
+    import pyro_decomp.cli as cli_module
+    from pyro_decomp.runs import RunLocked, lock_run
+
+    draw, held = cli_module.write_figures, []
+
+    def checked(vae, config, dataset, directory, **kwargs):
+        with pytest.raises(RunLocked):  # no other command can start in the run directory meanwhile
+            with lock_run(os.path.dirname(directory)):
+                pass
+        held.append(directory)
+        return draw(vae, config, dataset, directory, **kwargs)
+
+    monkeypatch.setattr(cli_module, "write_figures", checked)
+    run = str(tmp_path / "my runs" / "a b")
+    assert main(["train", *TINY, "--epochs", "1", "--run-dir", run]) == 0
+    out = capsys.readouterr().out
+    assert held == [os.path.join(run, "figures")]
+    assert f"pyro-decomp evaluate '{run}'" in out
+    assert_png(os.path.join(run, "figures", "training_curves.png"))

@@ -144,3 +144,62 @@ def test_a_callback_stops_training_with_a_checkpoint_that_resumes(tmp_path):
     assert [r["epoch"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
     whole = train(tiny(epochs=6, checkpoint_every=5), str(tmp_path / "whole"), progress=False)
     assert_bitwise_equal(params(resumed.vae), params(whole.vae))
+
+
+# ------------------------------------------------------------------ best.pt and checkpoint.pt after a kill
+class _Killed(BaseException):
+    """A kill -9 stand-in: nothing in the trainer catches it, so nothing runs after it."""
+
+
+def _best_epochs(run_dir):
+    return [r["epoch"] for r in read_metrics(run_dir) if r.get("best")]
+
+
+def test_best_checkpoint_agrees_with_the_metrics_after_a_kill_between_the_two_writes(tmp_path, monkeypatch):
+    import pyro_decomp.trainer as trainer_module
+
+    config = tiny(epochs=6, eval_every=1, lr=1e-2)
+    whole = str(tmp_path / "whole")
+    train(config, whole, progress=False)
+    best = _best_epochs(whole)
+    kill_at = best[-1]  # the last epoch that sets a new lowest held-out loss
+    assert kill_at >= 2, best
+    assert load_checkpoint(os.path.join(whole, "best.pt"))["epoch"] == kill_at
+
+    write = trainer_module.save_checkpoint
+    written = []
+
+    def killed_after_the_first_file_of_that_epoch(state, path):
+        write(state, path)
+        written.append(state["epoch"])
+        if state["epoch"] == kill_at and written.count(kill_at) == 1:
+            raise _Killed
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", killed_after_the_first_file_of_that_epoch)
+    run = str(tmp_path / "run")
+    with pytest.raises(_Killed):
+        train(config, run, progress=False)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", write)
+    resume(run, progress=False)
+    assert _best_epochs(run) == best
+    assert load_checkpoint(os.path.join(run, "best.pt"))["epoch"] == kill_at
+
+
+def test_sighup_is_handled_as_sigterm(tmp_path):
+    pyro.set_rng_seed(0)
+    config = tiny(epochs=3)
+    vae, elbo, train_set, _ = build(config)
+    run = str(tmp_path / "run")
+
+    class Hangup:
+        def on_epoch_end(self, trainer, record):
+            if record["epoch"] == 1:
+                os.kill(os.getpid(), signal.SIGHUP)  # a closed terminal, mid-run
+
+    trainer = Trainer(vae, elbo, train_set, config, run, progress=False, callbacks=[Hangup()])
+    before = signal.getsignal(signal.SIGHUP)
+    with pytest.raises(TrainingInterrupted, match="SIGHUP") as info:
+        trainer.fit()
+    assert info.value.signal == signal.SIGHUP and 128 + info.value.signal == 129
+    assert load_checkpoint(info.value.checkpoint)["epoch"] >= 1
+    assert signal.getsignal(signal.SIGHUP) == before  # the handler is put back
