@@ -356,6 +356,7 @@ class _Figures:
 def _callbacks(args, run_dir: str) -> list:
     callbacks: List[Any] = [] if args.no_figures else [_Figures(run_dir)]
     if args.tensorboard:
+        figures_dir(run_dir, make=False, name="tensorboard")  # a link there is refused
         callbacks.append(
             TensorBoardCallback(os.path.join(run_dir, "tensorboard"), figures=not args.no_figures)
         )

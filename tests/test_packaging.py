@@ -84,7 +84,7 @@ FLOORS = [
     ["data", "distributions", "divergences", "nets", "distributed"],
     ["priors", "marginals", "elbo", "metrics", "label_placement", "plots"],
     ["vae"],
-    ["config", "build", "runs"],
+    ["config", "build", "run_files", "runs"],
     ["trainer", "callbacks", "training", "evaluation"],
     ["experiments"],
     ["cli", "__main__"],
