@@ -38,6 +38,7 @@ from pyro_decomp.runs import (
     METRICS_NAME,
     CheckpointError,
     RunLocked,
+    check_resume_dir,
     figures_dir,
     load_config,
 )
@@ -310,6 +311,7 @@ def _resume_changes(args, run_dir: str) -> Dict[str, Any]:
     """The settings a resume changes; a flag for any other setting that differs from the run's is an error."""
     if args.config:
         raise ValueError("--config cannot be given with --resume: a resumed run keeps its own config.json")
+    check_resume_dir(run_dir)
     saved = load_config(run_dir)
     given = _given(args)
     refused = []

@@ -31,6 +31,7 @@ __all__ = [
     "LOCK_NAME",
     "METRICS_NAME",
     "TENSORBOARD_DIR",
+    "check_resume_dir",
     "check_run_dir",
     "check_writable",
     "clean_temporary_files",
@@ -147,6 +148,15 @@ def restart_command(run_dir: str) -> str:
     ``config.json`` (shell-quoted)."""
     config = shlex.quote(os.path.join(run_dir, CONFIG_NAME))
     return f"pyro-decomp train --config {config} --run-dir {shlex.quote(run_dir)} --overwrite"
+
+
+def check_resume_dir(run_dir: str) -> None:
+    """A ValueError naming ``run_dir`` when it is a file rather than the directory of a run to resume."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(
+            f"cannot resume {run_dir}: it is a file, not a run directory (the directory that holds "
+            "config.json and checkpoint.pt)"
+        )
 
 
 def holds_run(run_dir: str) -> bool:

@@ -31,6 +31,7 @@ from pyro_decomp.runs import (
     CONFIG_NAME,
     CheckpointError,
     Run,
+    check_resume_dir,
     check_run_dir,
     holds_run,
     load_checkpoint,
@@ -272,11 +273,7 @@ def resume(
             f"{', '.join(refused)} cannot be changed when resuming {run_dir}: a resumed run keeps its "
             f"settings (only {', '.join(RESUMABLE)} may change)"
         )
-    if not os.path.isdir(run_dir):
-        raise ValueError(
-            f"cannot resume {run_dir}: it is {'a file' if os.path.exists(run_dir) else 'missing'}, not a run "
-            "directory (the directory that holds config.json and checkpoint.pt)"
-        )
+    check_resume_dir(run_dir)
     load_config(run_dir)  # a missing run is named before the lock creates anything
     main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
     with _one_training(), lock_run(run_dir) if main else contextlib.nullcontext():

@@ -804,3 +804,10 @@ def test_figures_are_drawn_under_the_lock_and_hints_are_shell_quoted(tmp_path, c
     assert held == [os.path.join(run, "figures")]
     assert f"pyro-decomp evaluate '{run}'" in out
     assert_png(os.path.join(run, "figures", "training_curves.png"))
+
+
+def test_resume_of_a_regular_file_names_it(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["train", "--resume", str(tmp_path / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a run directory" in err and "JSON" not in err
