@@ -20,7 +20,10 @@ name                                            what this package relies on
 ``pyro.util.warn_if_nan``                       warns when the loss is NaN
 ``pyro.poutine.unwrap`` and                     a ``GuideMessenger`` (e.g. ``AutoNormalMessenger``)
 ``pyro.poutine.messenger.Messenger``            unwraps to a ``Messenger``; its ``get_traces()``
-                                                returns ``(model_trace, guide_trace)`` after a call
+                                                returns ``(model_trace, guide_trace)`` after a call; a
+                                                ``Messenger`` subclass's ``_pyro_sample`` sees each sample
+                                                site's own ``infer`` dict before ``poutine.replay`` (which
+                                                replaces it with the guide's)
 ``PyroModule._pyro_name``                       the prefix of a module's names in the parameter store
                                                 (``trainer.py``)
 ==============================================  =========================================================

@@ -128,6 +128,25 @@ def _estimator_flag(divergence, flag: str):
     return None
 
 
+class _Marks(Messenger):
+    """Records the model's sample sites whose own ``infer`` dict marks them for the decomposition, before
+    ``poutine.replay`` replaces that dict with the guide's."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def _pyro_sample(self, msg) -> None:
+        if (msg.get("infer") or {}).get(LATENT_FLAG):
+            self.names.append(msg["name"])
+
+
+def _divergence_name(divergence) -> str:
+    """The estimator's name (``"mmd"``, ``"inclusive-kl"``, ...) for messages, else its repr."""
+    name = _estimator_flag(divergence, "name")
+    return repr(name if isinstance(name, str) else divergence)
+
+
 def _check_site_shapes(trace, max_plate_nesting) -> None:
     """Pyro's ``check_site_shape`` at every sample site, as ``Trace_ELBO`` makes it under validation, on the
     shape that ``log_prob`` would have (the value's batch dims broadcast against the batch shape), without
@@ -247,7 +266,13 @@ class DecompositionELBO(Trace_ELBO):
             model_trace, guide_trace = unwrapped.get_traces()
         else:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            marks = _Marks()
+            model_trace = poutine.trace(poutine.replay(marks(model), trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+            for name in marks.names:  # replay hands the model's sites the guide's infer dicts
+                site = model_trace.nodes[name]
+                site["infer"] = {**site["infer"], LATENT_FLAG: True}
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             _check_site_shapes(model_trace, self.max_plate_nesting)
@@ -288,12 +313,13 @@ class DecompositionELBO(Trace_ELBO):
         """Refuse, by name, a guide site without a density under an estimator that needs one, and a
         learnable prior without ``rsample`` under an estimator that uses the prior's samples only."""
         q = _innermost(guide_site["fn"])
+        divergence = _divergence_name(self.divergence)
         if isinstance(q, dist.Delta) and _estimator_flag(self.divergence, "needs_encoder_density"):
             raise ValueError(
                 f"the guide samples latent site {name!r} from a Delta distribution (as AutoDelta, "
                 "AutoNormal, AutoDiagonalNormal and other auto-guides do), which has no density q(z|x) for "
-                f"the divergence {self.divergence!r}; use divergence='mmd' (or 'mmd-imq-full', 'mmd-rbf'), "
-                "which needs samples only, or a guide that samples the site from its encoder distribution"
+                f"the divergence {divergence}; use divergence='mmd' (or 'mmd-imq-full', 'mmd-rbf'), which "
+                "needs samples only, or a guide that samples the site from its encoder distribution"
             )
         prior = model_site["fn"]
         if (
@@ -305,9 +331,9 @@ class DecompositionELBO(Trace_ELBO):
         ):
             raise ValueError(
                 f"the prior of latent site {name!r}, {type(_innermost(prior)).__name__}, has learnable "
-                f"parameters but no rsample, so the divergence {self.divergence!r}, which uses prior samples "
-                "only, cannot train them; use divergence='inclusive-kl' or 'exclusive-kl' (they "
-                "differentiate log p(z)), or a prior with a pathwise sample (for Gaussian mixtures "
+                f"parameters but no rsample, so the divergence {divergence}, which uses prior samples only, "
+                "cannot train them; use divergence='inclusive-kl' or 'exclusive-kl' (they differentiate "
+                "log p(z)), or a prior with a pathwise sample (for Gaussian mixtures "
                 "pyro_decomp.gaussian_mixture or MixturePrior)"
             )
 
