@@ -536,3 +536,20 @@ def test_autoguide_delta_sites_refused_by_name_before_any_nan(autoguide, diverge
     elbo = DecompositionELBO(beta=1.0, alpha=1.0, divergence="mmd")
     losses = _train(model, guide, elbo, x, 5)
     assert all(math.isfinite(v) for v in losses)
+
+
+def _readme_block(after):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", readme.split(after, 1)[1], re.S).group(1)
+
+
+def test_readme_tutorial_model_trains(capsys):
+    namespace = {}
+    exec(compile(_readme_block("### Your own model and guide"), "README", "exec"), namespace)
+    parts = namespace["elbo"].loss_components(namespace["model"], namespace["guide"], namespace["x"], 400)
+    assert all(math.isfinite(v) for v in parts.values())
+    assert parts["divergence"] != 0.0  # the marked site "latent" is the decomposition's
+    assert "reconstruction" in capsys.readouterr().out

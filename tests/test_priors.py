@@ -574,3 +574,15 @@ def test_prior_tensor_computed_from_parameters_is_refused_by_name():
         ValueError, match=r"computed from learnable parameters \(Normal\.scale.*nn\.Parameter"
     ):
         _small_vae(dist.Normal(torch.zeros(2), raw.exp()).to_event(1))
+
+
+def test_readme_flow_prior_block():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("A learnable prior can also be given as a plain distribution", 1)[1]
+    namespace = {}
+    exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "README", "exec"), namespace)
+    vae, flow = namespace["vae"], namespace["flow"]
+    assert {id(p) for p in vae.parameters()} >= {id(p) for p in flow.transforms[0].parameters()}
