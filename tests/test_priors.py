@@ -586,3 +586,12 @@ def test_readme_flow_prior_block():
     exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "README", "exec"), namespace)
     vae, flow = namespace["vae"], namespace["flow"]
     assert {id(p) for p in vae.parameters()} >= {id(p) for p in flow.transforms[0].parameters()}
+
+
+def test_subspace_distribution_block_follows_the_module_and_trains():
+    scale = torch.nn.Parameter(torch.ones(1))
+    prior = SubspacePrior([pinwheel_mixture(), dist.Laplace(torch.zeros(1), scale).to_event(1)])
+    assert any(p is scale for p in prior.parameters())  # a learnable block's tensor trains with the prior
+    prior.double()
+    d = prior()
+    assert d.sample().dtype == D64 and d.log_prob(torch.zeros(3, dtype=D64)).dtype == D64
