@@ -29,9 +29,10 @@ from typing import Optional, Sequence
 import pyro.distributions as dist
 import torch
 from pyro.distributions import MixtureOfDiagNormalsSharedCovariance, TorchDistribution
-from pyro.distributions.util import broadcast_shape
 from torch.distributions import Independent, Normal, constraints, kl_divergence, register_kl
 from torch.distributions.utils import broadcast_all
+
+from pyro_decomp._pyro_compat import broadcast_shape
 
 __all__ = [
     "SpikeAndSlab",

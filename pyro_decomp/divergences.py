@@ -24,10 +24,13 @@ Estimators:
 * :class:`InclusiveKL`, KL(p(z) || q(z)) ~= 1/B sum_i [log p(z'_i) - log (1/B) sum_b q(z'_i | x_b)];
 * :class:`ExclusiveKL`, KL(q(z) || p(z)) ~= 1/B sum_i [logsumexp_b log q(z_i | x_b) - log B - log p(z_i)].
 
-Prior draws are reparameterised (``rsample``) when the prior has learnable parameters (a parameter tensor
-that requires grad) and supports ``rsample``; otherwise they are plain ``sample`` draws. Priors without a
-pathwise sample (mixtures, spike-and-slab) therefore contribute no gradient through their draws: MMD then
-gives their parameters no gradient at all, while the inclusive KL still differentiates ``log p(z')``.
+Prior draws are reparameterised (``rsample``) when the prior has learnable parameters (a tensor that
+requires grad, or a parameter of a transform module such as a normalising flow's) and supports ``rsample``;
+otherwise they are plain ``sample`` draws. Priors without a pathwise sample (``MixtureSameFamily``,
+spike-and-slab) therefore contribute no gradient through their draws: MMD then gives their parameters no
+gradient at all (:class:`~pyro_decomp.elbo.DecompositionELBO` refuses that pairing when it trains), while
+the KL estimators differentiate ``log p``. Each estimator says so in two flags: ``needs_encoder_density``
+(it evaluates q(z|x_b)) and ``differentiates_log_prior`` (it differentiates log p(z)).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = [
     "DIVERGENCES",
     "DIVERGENCE_NAMES",
     "build_divergence",
+    "has_learnable_params",
     "prior_draws",
 ]
 
@@ -436,14 +440,19 @@ class _PerDimIMQSum(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------ estimators
-def _has_learnable_params(d: Distribution) -> bool:
-    """Whether any tensor held by ``d`` (or by a distribution or transform nested in it) requires grad."""
+def has_learnable_params(d: Distribution) -> bool:
+    """Whether any tensor held by ``d`` (or by a distribution or transform nested in it, a transform module's
+    parameters included) requires grad."""
     stack, seen = [d], set()
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            if any(p.requires_grad for p in obj.parameters()):
+                return True
+            continue
         for value in vars(obj).values():
             items = value if isinstance(value, (list, tuple)) else (value,)
             for v in items:
@@ -458,7 +467,7 @@ def _has_learnable_params(d: Distribution) -> bool:
 def prior_draws(prior: Distribution) -> torch.Tensor:
     """One draw per batch element of ``prior``: ``rsample()`` if it has learnable parameters and a pathwise
     sample, else ``sample()``. Shape ``batch_shape + event_shape``."""
-    if prior.has_rsample and _has_learnable_params(prior):
+    if prior.has_rsample and has_learnable_params(prior):
         return prior.rsample()
     return prior.sample()
 
@@ -549,6 +558,10 @@ class Divergence:
     """A minibatch estimator ``est(z, q, prior) -> scalar`` of a divergence between q(z) and p(z)."""
 
     name = "divergence"
+    #: whether the estimator evaluates the encoder density q(z|x_b) (``None``: not stated)
+    needs_encoder_density: Optional[bool] = None
+    #: whether its gradient reaches a learnable prior through log p(z) (``None``: not stated)
+    differentiates_log_prior: Optional[bool] = None
 
     def __call__(self, z: torch.Tensor, q: Optional[Distribution], prior: Distribution) -> torch.Tensor:
         raise NotImplementedError
@@ -572,6 +585,8 @@ class MMD(Divergence):
     """
 
     name = "mmd"
+    needs_encoder_density = False
+    differentiates_log_prior = False
 
     def __init__(self, kernel: Optional[Callable] = None):
         kernel = IMQKernel() if kernel is None else kernel
@@ -608,6 +623,8 @@ class InclusiveKL(Divergence):
     """
 
     name = "inclusive-kl"
+    needs_encoder_density = True
+    differentiates_log_prior = True
 
     def __call__(self, z, q, prior):
         prior = _check_inputs("InclusiveKL", z, q, prior, need_q=True)
@@ -626,6 +643,8 @@ class ExclusiveKL(Divergence):
     """
 
     name = "exclusive-kl"
+    needs_encoder_density = True
+    differentiates_log_prior = True
 
     def __call__(self, z, q, prior):
         prior = _check_inputs("ExclusiveKL", z, q, prior, need_q=True)

@@ -32,6 +32,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_decomp.distribution_prior import DistributionPrior
 from pyro_decomp.distributions import IndependentSubspaces, SpikeAndSlab, gaussian_mixture
 
 __all__ = [
@@ -349,8 +350,10 @@ class SubspacePrior(PyroModule):
         ``event_shape == (D_i,)`` and ``batch_shape == ()``) or such distributions. Modules are kept in
         an ``nn.ModuleList`` (``block_modules``), so ``.to(device)`` and ``state_dict()`` reach them and,
         inside a ``PyroModule`` such as :class:`~pyro_decomp.DecompVAE`, their parameters are registered with
-        ``pyro.module`` (names such as ``prior.block_modules$$$0.locs``) and train with the model. Fixed
-        distributions are kept as they are, so ``.to(device)`` does not move them.
+        ``pyro.module`` (names such as ``prior.block_modules$$$0.locs``) and train with the model. A
+        distribution is kept there too, held in a
+        :class:`~pyro_decomp.distribution_prior.DistributionPrior`: it follows ``.to(device)``, and what in it
+        requires grad trains.
 
     A ``PyroModule`` block is evaluated through its ``forward``, not its own ``PyroModule`` context, so its
     parameters are recorded once, under this module's name, and a prior may be called on its own before it
@@ -365,8 +368,8 @@ class SubspacePrior(PyroModule):
         modules, entries = [], []
         for i, block in enumerate(blocks):
             if isinstance(block, torch.distributions.Distribution):
-                entries.append(block)
-            elif isinstance(block, nn.Module):
+                block = DistributionPrior(block)
+            if isinstance(block, nn.Module):
                 entries.append(len(modules))
                 modules.append(block)
             else:

@@ -38,6 +38,7 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
+from pyro_decomp.distribution_prior import DistributionPrior
 from pyro_decomp.priors import GaussianPrior, MixturePrior, SparsePrior, StudentTPrior
 from pyro_decomp.util import seeded
 
@@ -66,7 +67,11 @@ class DecompVAE(PyroModule):
         ``"bernoulli"``, a location for ``"laplace"`` and ``"normal"``), or, with ``decoder_scale``, a pair
         ``(loc, scale)`` of such tensors for ``"laplace"`` and ``"normal"`` (see the module docstring).
     :param prior: a distribution with ``event_shape == (D,)`` and ``batch_shape == ()``, or a module (or any
-        callable) that returns one when called -- learnable priors are modules.
+        callable) that returns one when called. A distribution is held in a
+        :class:`~pyro_decomp.distribution_prior.DistributionPrior` (the ``prior`` submodule): whatever in it
+        requires grad (``nn.Parameter`` objects, the ``TransformModule`` layers of a flow) trains with
+        the model under this model's prefix in the parameter store, and its tensors follow ``.to()`` and
+        ``.double()``.
     :param likelihood: ``"bernoulli"``, ``"laplace"`` (fixed scale ``likelihood_scale``), ``"normal"`` (a
         learnt scale, initialised at ``likelihood_scale``), or a callable ``params -> Distribution`` over one
         observation (batch dims are those of ``params`` minus the observation dims); a callable receives
@@ -104,11 +109,9 @@ class DecompVAE(PyroModule):
         super().__init__(name=f"DecompVAE{next(_INSTANCES)}" if name is None else name)
         self.encoder = encoder
         self.decoder = decoder
-        if isinstance(prior, dist.Distribution):
-            self._prior_dist = prior
-            self.prior = None
-        elif callable(prior):
-            self._prior_dist = None
+        if isinstance(prior, torch.distributions.Distribution):
+            prior = DistributionPrior(prior)
+        if callable(prior):
             self.prior = prior
         else:
             raise TypeError(
@@ -172,8 +175,6 @@ class DecompVAE(PyroModule):
         distribution on every call; it is built again only when one of its tensors has changed (in place,
         replaced, or moved) or distribution validation was switched, so a training step does not pay for it.
         """
-        if self.prior is None:
-            return self._prior_dist
         key = self._prior_key()
         cache = self.__dict__.get("_prior_cache")
         if key is not None and cache is not None and cache[0] == key:

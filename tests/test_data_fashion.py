@@ -216,3 +216,17 @@ def test_download_replaces_a_damaged_gz(tmp_path, monkeypatch):
         thread.join()
     assert str(gz) in str(record[0].message)
     assert gz.read_bytes() == good and torch.equal(ds.images, torch.from_numpy(train).to(torch.uint8))
+
+
+def test_missing_torchvision_is_one_line_that_names_it(tmp_path, monkeypatch):
+    import sys
+
+    _write_raw(tmp_path)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    with pytest.raises(ImportError) as info:
+        fashion_mnist(tmp_path)
+    message = str(info.value)
+    assert "torchvision" in message and "pip install torchvision" in message and "\n" not in message
+    # the images already in memory still resize without it
+    ds = FashionMNIST32(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(2))
+    assert ds[1][0].shape == (1, 32, 32)

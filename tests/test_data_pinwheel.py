@@ -89,3 +89,17 @@ def test_arm_directions_follow_adams_generator():
     expected = -(2 * math.pi * y.double() / 4 + 0.25 * math.e)
     diff = torch.remainder(angle - expected + math.pi, 2 * math.pi) - math.pi
     assert diff.abs().max() < 1e-6 and torch.allclose(x.norm(dim=-1), torch.ones(12))
+
+
+def test_dtype_follows_the_default_or_the_argument():
+    x32, _ = pinwheel(seed=3)
+    x64, _ = pinwheel(seed=3, dtype=torch.float64)
+    assert x64.dtype == torch.float64 and torch.equal(x64.float(), x32)  # drawn in float64, then rounded
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(pinwheel(seed=3)[0], x64)
+    finally:
+        torch.set_default_dtype(old)
+    with pytest.raises(ValueError, match="dtype must be a floating torch.dtype.*torch.int64"):
+        pinwheel(dtype=torch.int64)

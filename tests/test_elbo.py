@@ -366,3 +366,190 @@ def test_divergence_needs_the_data_plate():
     assert math.isfinite(DecompositionELBO().loss(model, guide))
     with pytest.raises(ValueError, match="pyro.plate"):
         DecompositionELBO(alpha=1.0).loss(model, guide)
+
+
+# ------------------------------------------------------------------ a Pyro user's own model and guide
+class TutorialVAE(nn.Module):
+    """Pyro's tutorial VAE written without DecompVAE: site ``"latent"`` (optionally marked for the
+    decomposition through its infer dict), minibatches through a subsampled plate or ``poutine.scale``."""
+
+    def __init__(self, d=2, mark=False):
+        super().__init__()
+        self.d, self.mark = d, mark
+        self.enc = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2 * d))
+        self.dec = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 2))
+
+    def model(self, x, n=None):
+        pyro.module("dec", self.dec)
+        infer = {"decomposition": True} if self.mark else {}
+        with pyro.plate("data", n or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("latent", std_normal(self.d), infer=infer)
+            pyro.sample("obs", dist.Normal(self.dec(z), 0.1).to_event(1), obs=x)
+
+    def guide(self, x, n=None):
+        pyro.module("enc", self.enc)
+        loc, raw = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", n or len(x), subsample=torch.arange(len(x))):
+            pyro.sample("latent", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def _train(model, guide, elbo, x, steps, *args):
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), elbo)
+    return [svi.step(x, *args) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("how", ["latent_sites", "infer"])
+def test_tutorial_model_with_site_latent_trains(how):
+    x = torch.randn(32, 2)
+    net = TutorialVAE(mark=how == "infer")
+    options = {"latent_sites": "latent"} if how == "latent_sites" else {}
+    elbo = DecompositionELBO(beta=1.0, alpha=1.0, divergence="inclusive-kl", **options)
+    losses = _train(net.model, net.guide, elbo, x, 30)
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    # the site is the decomposition's: its divergence is reported, and alpha weighs it in the loss
+    parts = elbo.loss_components(net.model, net.guide, x)
+    assert parts["divergence"] != 0.0 and parts["kl"] > 0.0
+
+
+def test_unmarked_site_error_names_both_ways():
+    net = TutorialVAE(mark=False)
+    elbo = DecompositionELBO(alpha=0.0)
+    with pytest.raises(ValueError) as info:
+        elbo.loss(net.model, net.guide, torch.randn(8, 2))
+    message = str(info.value)
+    assert "'latent'" in message and "latent_sites=" in message and "infer={'decomposition': True}" in message
+    assert "\n" not in message
+
+
+def test_marked_and_named_sites_are_both_taken():
+    net = TutorialVAE(mark=True)
+    x = torch.randn(8, 2)
+    named = DecompositionELBO(alpha=1.0, latent_sites="latent")
+    both = DecompositionELBO(alpha=1.0, latent_sites=["latent"])
+    pyro.set_rng_seed(1)
+    a = named.loss(net.model, net.guide, x)
+    pyro.set_rng_seed(1)
+    b = both.loss(net.model, net.guide, x)
+    assert a == b
+
+
+def test_global_site_without_to_event_raises_as_trace_elbo_does():
+    def model(x):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0))  # batch shape (2,), outside any plate
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", std_normal(2))
+            pyro.sample("x", dist.Normal(z + w, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.sample("w", dist.Normal(torch.zeros(2), 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", std_normal(2))
+
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match="invalid log_prob shape") as theirs:
+        Trace_ELBO().loss(model, guide, x)
+    with pytest.raises(ValueError, match="invalid log_prob shape") as ours:
+        DecompositionELBO(alpha=1.0).loss(model, guide, x)
+    assert str(ours.value) == str(theirs.value)
+    # without validation neither checks
+    with pyro.validation_enabled(False):
+        assert math.isfinite(DecompositionELBO(alpha=1.0).loss(model, guide, x))
+
+
+def test_site_in_a_plate_that_does_not_fit_raises_as_trace_elbo_does():
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(x) + 1, 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z[:-1], 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(torch.zeros(len(x) + 1, 2), 1.0).to_event(1))
+
+    x = torch.randn(4, 2)
+    for elbo in (Trace_ELBO(), DecompositionELBO()):
+        with pytest.raises((ValueError, RuntimeError)):
+            elbo.loss(model, guide, x)
+
+
+@pytest.mark.parametrize("divergence", ["mmd", "inclusive-kl"])
+def test_poutine_scale_minibatch_equals_subsampled_plate(divergence):
+    """N from either idiom: poutine.scale(N/B) around a plate of size B, or a subsampled plate of size N."""
+    torch.manual_seed(0)
+    net = TutorialVAE()
+    x = torch.randn(16, 2)
+    n = 400
+    elbo = DecompositionELBO(beta=1.0, alpha=100.0, divergence=divergence, latent_sites="latent")
+    scaled_model = poutine.scale(net.model, scale=n / len(x))
+    scaled_guide = poutine.scale(net.guide, scale=n / len(x))
+    results = []
+    for model, guide, args in ((net.model, net.guide, (x, n)), (scaled_model, scaled_guide, (x,))):
+        pyro.set_rng_seed(3)
+        loss = elbo.loss(model, guide, *args)
+        pyro.set_rng_seed(3)
+        parts = elbo.loss_components(model, guide, *args)
+        pyro.set_rng_seed(3)
+        grad_loss = elbo.differentiable_loss(model, guide, *args)
+        results.append((loss, parts, grad_loss.item()))
+    (loss_a, parts_a, diff_a), (loss_b, parts_b, diff_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-6)
+    assert diff_b == pytest.approx(diff_a, rel=1e-6)
+    for key in parts_a:
+        assert parts_b[key] == pytest.approx(parts_a[key], rel=1e-5, abs=1e-6), key
+    # loss_components agree with the loss: its per-point loss times N is the loss
+    assert parts_b["loss"] * n == pytest.approx(loss_b, rel=1e-5)
+
+
+def test_scale_on_the_model_only_is_refused():
+    net = TutorialVAE()
+    x = torch.randn(8, 2)
+    elbo = DecompositionELBO(alpha=1.0, latent_sites="latent")
+    with pytest.raises(ValueError, match=r"scaled by 50 in the model but 1 in the guide.*poutine\.scale"):
+        elbo.loss(poutine.scale(net.model, scale=50.0), net.guide, x)
+
+
+@pytest.mark.parametrize("autoguide", ["AutoDelta", "AutoNormal", "AutoDiagonalNormal"])
+@pytest.mark.parametrize("divergence", ["inclusive-kl", "exclusive-kl"])
+def test_autoguide_delta_sites_refused_by_name_before_any_nan(autoguide, divergence):
+    import warnings
+
+    from pyro.infer import autoguide as autoguides
+
+    net = TutorialVAE(mark=True)
+    x = torch.randn(16, 2)
+
+    def model(x):
+        net.model(x, 64)
+
+    guide = getattr(autoguides, autoguide)(model)
+    elbo = DecompositionELBO(beta=1.0, alpha=1.0, divergence=divergence)
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), elbo)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*nan.*", category=UserWarning)  # no NaN warning first
+        with pytest.raises(ValueError) as info:
+            svi.step(x)
+    message = str(info.value)
+    assert "'latent'" in message and "Delta" in message and divergence in message and "'mmd'" in message
+    # MMD, which needs samples only, trains with the same guide
+    pyro.clear_param_store()
+    guide = getattr(autoguides, autoguide)(model)
+    elbo = DecompositionELBO(beta=1.0, alpha=1.0, divergence="mmd")
+    losses = _train(model, guide, elbo, x, 5)
+    assert all(math.isfinite(v) for v in losses)
+
+
+def _readme_block(after):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", readme.split(after, 1)[1], re.S).group(1)
+
+
+def test_readme_tutorial_model_trains(capsys):
+    namespace = {}
+    exec(compile(_readme_block("### Your own model and guide"), "README", "exec"), namespace)
+    parts = namespace["elbo"].loss_components(namespace["model"], namespace["guide"], namespace["x"], 400)
+    assert all(math.isfinite(v) for v in parts.values())
+    assert parts["divergence"] != 0.0  # the marked site "latent" is the decomposition's
+    assert "reconstruction" in capsys.readouterr().out

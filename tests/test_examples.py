@@ -117,3 +117,16 @@ def test_custom_prior_distribution_is_a_proper_density():
     assert float(z.var()) == pytest.approx(sigma2, abs=4 * sigma2 * math.sqrt(3.2 / 20000))
     assert d.expand((3, 2)).sample().shape == (3, 2)
     assert d.expand((2,)).to_event(1).log_prob(torch.zeros(5, 2)).shape == (5,)
+
+
+def test_flow_prior(tmp_path):
+    out = tmp_path / "out"
+    proc = run_example("flow_prior.py", tmp_path, "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = check_outputs(
+        out,
+        ["normal_qz.png", "flow_qz.png"],
+        ["normal.loss", "flow.loss", "flow.inclusive_kl", "flow.flow_parameter_change"],
+    )
+    assert results["flow"]["flow_parameter_change"] > 0.0  # the flow given as a distribution was trained
+    assert "learnt flow" in proc.stdout

@@ -442,3 +442,156 @@ def test_priors_names_and_subspace_options():
 def test_invalid_values_raise_value_errors_that_name_them(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+# ---------------------------------------------------------------------------------------- a user's own prior
+def _flow(seed=0, dtype=None):
+    """A spline-coupling normalising flow on R^2, as a TransformedDistribution (small: quick to train)."""
+    import pyro.distributions.transforms as T
+
+    torch.manual_seed(seed)
+    base = dist.Normal(torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype)).to_event(1)
+    return dist.TransformedDistribution(base, [T.spline_coupling(2, hidden_dims=[8], count_bins=4)])
+
+
+def _small_vae(prior, seed=1):
+    torch.manual_seed(seed)
+    return DecompVAE(MLPEncoder(2, 2, hidden=(16,)), MLPDecoder(2, 2, hidden=(16,)), prior)
+
+
+def _svi_losses(vae, x, divergence, steps, beta=0.0, alpha=1.0, seed=2):
+    from pyro_decomp.elbo import DecompositionELBO
+
+    pyro.set_rng_seed(seed)
+    elbo = DecompositionELBO(beta=beta, alpha=alpha, divergence=divergence)
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-2}), elbo)
+    return [svi.step(x) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("steps", [20, pytest.param(200, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("divergence", ["mmd", "inclusive-kl", "exclusive-kl"])
+def test_flow_prior_passed_as_a_distribution_trains(divergence, steps):
+    x = pinwheel(num_per_class=8)[0]
+    flow = _flow()
+    vae = _small_vae(flow)
+    before = {k: v.detach().clone() for k, v in vae.prior.named_parameters()}
+    assert before and all(k.startswith("transforms.0.") for k in before)
+    losses = _svi_losses(vae, x, divergence, steps)
+    assert all(math.isfinite(v) for v in losses)
+    after = {k: v.detach() for k, v in vae.prior.named_parameters()}
+    moved = {k: float((after[k] - before[k]).abs().max()) for k in before}
+    assert all(m > 1e-4 for m in moved.values()), moved  # every tensor of the flow was trained
+    # its parameters are in Pyro's store under the VAE's own prefix, as the very tensors the flow uses
+    store = pyro.get_param_store()
+    names = [k for k in store.keys() if k.startswith(vae._pyro_name + ".prior")]
+    assert len(names) == len(before)
+    by_id = {id(p) for p in flow.transforms[0].parameters()}
+    assert all(id(store[k]) in by_id for k in names)
+
+
+def test_flow_prior_in_a_pyro_module_gives_bitwise_the_same_losses():
+    from pyro.nn import PyroModule
+
+    class FlowPrior(PyroModule):
+        def __init__(self, flow):
+            super().__init__()
+            self.transform = flow.transforms[0]
+            self.register_buffer("loc", torch.zeros(2))
+            self.register_buffer("scale", torch.ones(2))
+
+        def forward(self):
+            base = dist.Normal(self.loc, self.scale).to_event(1)
+            return dist.TransformedDistribution(base, [self.transform])
+
+    x = pinwheel(num_per_class=8)[0]
+    for divergence in ("mmd", "inclusive-kl"):
+        as_distribution = _svi_losses(_small_vae(_flow()), x, divergence, 10, beta=0.5)
+        pyro.clear_param_store()
+        as_module = _svi_losses(_small_vae(FlowPrior(_flow())), x, divergence, 10, beta=0.5)
+        pyro.clear_param_store()
+        assert as_distribution == as_module
+
+
+def _learnable_mixture(locs):
+    weights = dist.Categorical(logits=torch.zeros(4))
+    return dist.MixtureSameFamily(weights, dist.Normal(locs, 0.2).to_event(1))
+
+
+def test_mixture_same_family_with_learnable_locations_under_mmd_is_refused_by_name():
+    from pyro_decomp.elbo import DecompositionELBO
+
+    x = pinwheel(num_per_class=8)[0]
+    locs = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+    vae = _small_vae(_learnable_mixture(locs))
+    with pytest.raises(ValueError) as info:
+        _svi_losses(vae, x, "mmd", 1)
+    message = str(info.value)
+    assert "MixtureSameFamily" in message and "'mmd'" in message and "inclusive-kl" in message
+    assert "no rsample" in message and "\n" not in message
+    # evaluating the divergence (no gradients) is still allowed, and the KL estimators train the locations
+    elbo = DecompositionELBO(beta=0.0, alpha=1.0, divergence="mmd")
+    assert math.isfinite(elbo.loss(vae.model, vae.guide, x))
+    before = locs.detach().clone()
+    _svi_losses(vae, x, "inclusive-kl", 20)
+    assert float((locs - before).abs().max()) > 1e-3
+
+
+def test_distribution_prior_follows_to_and_keeps_checkpoints_as_they_were():
+    locs = torch.nn.Parameter(torch.randn(4, 2))
+    vae = _small_vae(_learnable_mixture(locs))
+    # the learnt locations are saved; the fixed tensors (0.2, the weights' logits) are not
+    assert {k for k in vae.state_dict() if k.startswith("prior.")} == {"prior.params.0"}
+    vae.double()
+    prior = vae.prior_distribution()
+    assert prior.component_distribution.base_dist.scale.dtype == D64
+    assert prior.mixture_distribution.logits.dtype == D64
+    assert prior.component_distribution.base_dist.loc is locs and locs.dtype == D64
+    assert prior.sample((3,)).dtype == D64
+    # a checkpoint of one model loads into another built the same way and gives the same density
+    other = _small_vae(_learnable_mixture(torch.nn.Parameter(torch.zeros(4, 2)))).double()
+    other.load_state_dict(vae.state_dict())
+    z = torch.randn(5, 2, dtype=D64)
+    assert torch.equal(other.prior_distribution().log_prob(z), vae.prior_distribution().log_prob(z))
+
+
+def test_two_flow_priors_in_one_process_train_apart():
+    x = pinwheel(num_per_class=8)[0]
+    first, second = _small_vae(_flow(0)), _small_vae(_flow(5))
+    _svi_losses(first, x, "inclusive-kl", 3)
+    snapshot = {k: v.detach().clone() for k, v in first.prior.named_parameters()}
+    _svi_losses(second, x, "inclusive-kl", 3)
+    assert all(torch.equal(v, snapshot[k]) for k, v in first.prior.named_parameters())
+    store = pyro.get_param_store()
+    for vae in (first, second):
+        mine = {id(p) for p in vae.prior.parameters()}
+        names = [k for k in store.keys() if k.startswith(vae._pyro_name + ".prior")]
+        assert names and all(id(store[k]) in mine for k in names)
+
+
+def test_prior_tensor_computed_from_parameters_is_refused_by_name():
+    raw = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(
+        ValueError, match=r"computed from learnable parameters \(Normal\.scale.*nn\.Parameter"
+    ):
+        _small_vae(dist.Normal(torch.zeros(2), raw.exp()).to_event(1))
+
+
+def test_readme_flow_prior_block():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("A learnable prior can also be given as a plain distribution", 1)[1]
+    namespace = {}
+    exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "README", "exec"), namespace)
+    vae, flow = namespace["vae"], namespace["flow"]
+    assert {id(p) for p in vae.parameters()} >= {id(p) for p in flow.transforms[0].parameters()}
+
+
+def test_subspace_distribution_block_follows_the_module_and_trains():
+    scale = torch.nn.Parameter(torch.ones(1))
+    prior = SubspacePrior([pinwheel_mixture(), dist.Laplace(torch.zeros(1), scale).to_event(1)])
+    assert any(p is scale for p in prior.parameters())  # a learnable block's tensor trains with the prior
+    prior.double()
+    d = prior()
+    assert d.sample().dtype == D64 and d.log_prob(torch.zeros(3, dtype=D64)).dtype == D64

@@ -1,4 +1,5 @@
 import copy
+import math
 import pickle
 
 import pyro
@@ -375,3 +376,65 @@ def test_decoder_scale_is_learnt_on_pinwheel(beta, alpha):
     noise = losses[-10:].std()
     assert last < first - 3 * noise, (first, last, noise)
     pyro.clear_param_store()
+
+
+def test_double_model_with_a_laplace_distribution_prior_trains_and_samples_float64():
+    prior = dist.Laplace(torch.zeros(2), torch.ones(2)).to_event(1)
+    vae = make_vae(prior).double()
+    x = pinwheel(num_per_class=8, dtype=torch.float64)[0]
+    assert x.dtype == torch.float64
+    assert vae.prior_distribution().base_dist.loc.dtype == torch.float64
+    elbo = DecompositionELBO(beta=1.0, alpha=1.0, divergence="inclusive-kl")
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), elbo)
+    losses = [svi.step(x) for _ in range(20)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    samples = vae.sample(5)
+    assert samples.dtype == torch.float64 and samples.shape == (5, 2)
+    assert elbo.loss_components(vae.model, vae.guide, x)["loss"] == pytest.approx(
+        losses[-1] / len(x), rel=0.5
+    )
+    # and back: the prior follows the model to float32 as well
+    vae.float()
+    assert vae.prior_distribution().base_dist.scale.dtype == torch.float32
+    assert vae.sample(2).dtype == torch.float32
+
+
+def test_default_dtype_float64_end_to_end():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = pinwheel(num_per_class=8)[0]
+        assert x.dtype == torch.float64
+        vae = make_vae(pinwheel_mixture())
+        svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), DecompositionELBO(alpha=1.0))
+        assert all(math.isfinite(svi.step(x)) for _ in range(3))
+        assert vae.sample(3).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_import_and_pinwheel_training_need_no_torchvision(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "import torch; torch.set_num_threads(1)\n"
+        "import pyro_decomp\n"
+        "config = pyro_decomp.RunConfig(dataset='pinwheel', data_options={'num_per_class': 10},\n"
+        "    network_options={'hidden': [8]}, epochs=1, batch_size=20, device='cpu')\n"
+        "run = pyro_decomp.train(config, sys.argv[1], progress=False)\n"
+        "print('trained', run.epoch, sys.modules.get('torchvision') is not None)\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "trained 1 False"  # and fashion_mnist refuses in one line (test_data_fashion.py)

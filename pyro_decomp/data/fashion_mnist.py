@@ -5,6 +5,9 @@ The files are found (or downloaded) by ``torchvision.datasets.FashionMNIST``; ea
 are clamped to [1e-6, 1 − 1e-6], as the paper's code does, so that a continuous-Bernoulli or Bernoulli
 likelihood never sees an exact 0 or 1.
 
+torchvision is imported only when the files are read (:func:`fashion_mnist`), so the package and its other
+data sets work without it; without it, :func:`fashion_mnist` raises one ``ImportError`` that names it.
+
 A gzipped file is unzipped next to itself atomically (a temporary file renamed when complete), and an unzipped
 file is used only when it is at least as new as its ``.gz`` and of the size its IDX header announces, so no
 partial or stale file is ever read. A damaged file raises one :class:`DataFileError` (a ``ValueError``) whose
@@ -23,9 +26,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-import torchvision
-import torchvision.transforms.functional as TF
-from torchvision.transforms import InterpolationMode
+import torch.nn.functional as F
 
 from pyro_decomp._atomic import atomic_open
 from pyro_decomp.data.ground_truth import DataFileError, DownloadError, default_data_dir, one_line
@@ -72,11 +73,29 @@ class FashionMNIST32(torch.utils.data.Dataset):
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(..., H, W)`` → float32 ``(..., 1, size, size)``: bilinear resize, then clamp."""
         x = images.unsqueeze(-3).float() / 255.0
-        x = TF.resize(x, [self.size, self.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        return x.clamp(self.eps, 1.0 - self.eps)
+        shape = x.shape
+        x = x.reshape((-1,) + shape[-3:])
+        size = (self.size, self.size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return x.reshape(shape[:-2] + (self.size, self.size)).clamp(self.eps, 1.0 - self.eps)
 
     def __getitem__(self, i):
         return self.transform(self.images[i]), self.targets[i]
+
+
+def _torchvision():
+    """torchvision, imported here only: the rest of the package does not need it."""
+    try:
+        import torchvision
+    except Exception as e:  # missing (ImportError), or built for another torch (RuntimeError, ...)
+        raise ImportError(
+            one_line(
+                f"Fashion-MNIST is read through torchvision, which could not be imported "
+                f"({type(e).__name__}: {e}); install the torchvision build that matches your torch "
+                "(pip install torchvision)"
+            )
+        ) from e
+    return torchvision
 
 
 def _how_to_get(root: Path, raw: Path) -> str:
@@ -181,6 +200,7 @@ def fashion_mnist(
     missing = [name for name in FASHION_MNIST_FILES if not (raw / name).exists()]
     if missing and not download:
         raise FileNotFoundError(f"Fashion-MNIST files missing from {raw}: {', '.join(missing)}. {how}")
+    torchvision = _torchvision()
     try:
         base = torchvision.datasets.FashionMNIST(str(root), train=train, download=download)
     except Exception as e:  # torchvision raises RuntimeError, URLError, AssertionError, TypeError, ...

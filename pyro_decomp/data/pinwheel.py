@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -17,6 +17,7 @@ def pinwheel(
     tangential_std: float = 0.3,
     rate: float = 0.25,
     seed: int = 0,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Draw a pinwheel: ``num_classes`` curved arms of ``num_per_class`` points each.
 
@@ -26,9 +27,14 @@ def pinwheel(
     paper's ``pinwheel(0.1, 0.3, 4, 100, 0.25)`` call used), so that the point's angle is
     atan2(v, u) − θ: arm k starts near angle −2πk/num_classes and curls clockwise.
 
-    :returns: ``(points, labels)``: float32 ``(N, 2)`` and int64 ``(N,)``, N = num_classes·num_per_class,
+    :param dtype: the points' floating dtype; default ``torch.get_default_dtype()``. The points are drawn in
+        float64 and rounded to it, so a seed gives the same pinwheel in every dtype.
+    :returns: ``(points, labels)``: ``(N, 2)`` of ``dtype`` and int64 ``(N,)``, N = num_classes·num_per_class,
         ordered by arm.
     """
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
     for name, value in (("num_classes", num_classes), ("num_per_class", num_per_class)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -44,7 +50,7 @@ def pinwheel(
     theta = 2 * math.pi * labels.double() / num_classes + rate * torch.exp(u)
     c, s = torch.cos(theta), torch.sin(theta)
     points = torch.stack([c * u + s * v, c * v - s * u], dim=-1)
-    return points.float(), labels
+    return points.to(dtype), labels
 
 
 class PinwheelDataset(torch.utils.data.Dataset):
