@@ -2,12 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from pyro_decomp.metrics import (
-    disentanglement_score,
-)
+from pyro_decomp.metrics import beta_vae_score, disentanglement_score
+from pyro_decomp.metrics._common import _value_groups
+from pyro_decomp.metrics.votes import _pair_features
 
 
 def grid_factors(sizes):
@@ -210,3 +211,58 @@ def test_disentanglement_shape_errors():
         disentanglement_score(torch.zeros(5), torch.zeros(5, 2))
     with pytest.raises(ValueError, match="NaN"):
         disentanglement_score(torch.full((4, 2), float("nan")), grid_factors((2, 2)))
+
+
+# ---------------------------------------------------------------------------------------------- β-VAE
+def test_beta_vae_identity_codes_score_about_one():
+    pytest.importorskip("sklearn")
+    # disentanglement_lib's beta_vae_test: identity observations of 10 independent factors of 10 values,
+    # batches of 5 pairs, 2,000 train and 2,000 eval points; here drawn from 20,000 rows of that grid
+    factors = torch.from_numpy(np.random.RandomState(0).randint(10, size=(20000, 10)))
+    scores = beta_vae_score(factors.double(), factors, 5, 2000, 2000, generator=gen(0))
+    assert 0.9 <= scores["train_accuracy"] <= 1.0 and 0.9 <= scores["eval_accuracy"] <= 1.0
+
+
+def test_beta_vae_random_codes_score_chance():
+    pytest.importorskip("sklearn")
+    factors = grid_factors((3, 4, 5, 6))
+    codes = torch.randn(factors.shape[0], 6, generator=gen(1), dtype=torch.float64)
+    scores = beta_vae_score(codes, factors, 64, 2000, 2000, generator=gen(2))
+    # chance is 1/4; a classifier of 2,000 eval labels has sd about 0.01 at chance: 0.25 +- 0.06
+    assert abs(scores["eval_accuracy"] - 0.25) < 0.06
+
+
+def test_beta_vae_pairs_share_the_labelled_factor():
+    # with codes = factors, a pair that shares factor k differs by 0 in code k: in every batch's feature the
+    # labelled coordinate is exactly 0, and the others are 0 only by chance (all B pairs coincide there)
+    factors = grid_factors((3, 4, 5))
+    indices = factors
+    groups = [_value_groups(indices[:, k], int(indices[:, k].max()) + 1) for k in range(3)]
+    features, labels = _pair_features(factors.double(), indices, groups, 500, 8, gen(3))
+    assert np.all(features[np.arange(500), labels] == 0)
+    others = np.ones_like(features, dtype=bool)
+    others[np.arange(500), labels] = False
+    assert (features[others] > 0).mean() > 0.99
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_beta_vae_is_reproducible_and_threads_do_not_matter():
+    pytest.importorskip("sklearn")
+    factors = grid_factors((3, 4, 5))
+    codes = noisy_codes(factors, 1.0, extra=1, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        a = beta_vae_score(codes, factors, 16, 1500, 500, generator=gen(5))
+        torch.set_num_threads(2)
+        b = beta_vae_score(codes, factors, 16, 1500, 500, generator=gen(5))
+    finally:
+        torch.set_num_threads(threads)
+    assert a == b and 0.3 < a["eval_accuracy"] < 1.0
+
+
+def test_beta_vae_errors():
+    factors = grid_factors((3, 4))
+    with pytest.raises(ValueError, match="K >= 2"):
+        beta_vae_score(torch.randn(12, 2), factors[:, :1])
+    with pytest.raises(ValueError, match="batch_size"):
+        beta_vae_score(torch.randn(12, 2), factors, batch_size=0)
