@@ -42,7 +42,14 @@ from pyro_decomp.runs import (
 from pyro_decomp.trainer import average_loss_components
 from pyro_decomp.util import module_device
 
-__all__ = ["encode_in_chunks", "evaluate", "factor_metrics", "load_run", "write_figures"]
+__all__ = [
+    "encode_in_chunks",
+    "evaluate",
+    "factor_metrics",
+    "factor_split_sizes",
+    "load_run",
+    "write_figures",
+]
 
 
 def load_run(run_dir: str, device="cpu") -> Run:
@@ -209,6 +216,12 @@ def write_figures(
 
 
 # ------------------------------------------------------------------------------------------ factor metrics
+def factor_split_sizes(n: int) -> Tuple[int, int]:
+    """Training and test points of the predictor metrics among ``n`` codes: disentanglement_lib's 10,000 and
+    5,000 when ``n`` >= 15,000, else two thirds and one third of them."""
+    return (10_000, 5_000) if n >= 15_000 else (n - n // 3, n // 3)
+
+
 def factor_metrics(
     codes: torch.Tensor, factors: torch.Tensor, *, seed: int, num_votes: int, votes_size: int, progress: bool
 ) -> Dict[str, Any]:
@@ -217,8 +230,8 @@ def factor_metrics(
     codes of the same shape (seeded by ``seed``); also the chance level of the Kim & Mnih score (``num_votes``
     votes of ``votes_size``) and of MIG.
 
-    DCI, SAP, modularity and explicitness take disentanglement_lib's 10,000 training and 5,000 test points,
-    drawn without replacement from the N (two thirds and one third of them when N < 15,000); the β-VAE score
+    DCI, SAP, modularity and explicitness take :func:`factor_split_sizes` training and test points, drawn
+    without replacement from the N (disentanglement_lib's 10,000 and 5,000 when N >= 15,000); the β-VAE score
     draws its 10,000 + 5,000 batches of 64 pairs from the N points. Keys: ``dci_disentanglement``,
     ``dci_completeness``, ``dci_informativeness``, ``sap``, ``modularity``, ``explicitness``, ``beta_vae``,
     each also with ``_chance``, ``disentanglement_chance``, ``mig_chance``, and ``factor_metric_points``
@@ -226,7 +239,7 @@ def factor_metrics(
     points) is null, and ``factor_metrics_skipped`` says why.
     """
     n = codes.shape[0]
-    num_train, num_test = (10_000, 5_000) if n >= 15_000 else (n - n // 3, n // 3)
+    num_train, num_test = factor_split_sizes(n)
     noise = torch.randn(codes.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
     def split():
