@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-#: the maximum number of (train + test) points the predictor metrics draw by default (disentanglement_lib's)
+#: disentanglement_lib's numbers of training and test points for its predictor metrics
 NUM_TRAIN, NUM_TEST = 10_000, 5_000
 
 
