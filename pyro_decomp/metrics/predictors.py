@@ -180,6 +180,9 @@ def sap(
 
     SAP = (1/K) Σ_j (S_(1)j − S_(2)j), the mean over factors of the gap between the largest and the
     second-largest entry of column j. disentanglement_lib's defaults: 10,000 / 5,000 points, discrete.
+    disentanglement_lib leaves the classifiers unseeded; here they are seeded (scikit-learn's default
+    ``dual="auto"`` solves the primal problem when there are more points than features, and uses no random
+    numbers then). A score matrix with one code has no second-largest entry: D >= 2.
 
     :param codes: ``(N, D)`` representations, D >= 2; the training points when test arrays are given.
     :param factors: ``(N, K)`` factor values (continuous: their values are used) or indices.
