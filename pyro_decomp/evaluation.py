@@ -4,7 +4,9 @@
 :func:`evaluate` measures what Mathieu et al. (2019) judge a decomposition by, on held-out points: the loss
 components of the run's objective, the IWAE log-likelihood, the Hoyer sparsity of the encoder means, the two
 factors of decomposition (overlap: I(x; z) and the encoder-to-aggregate variance ratio; alignment:
-D(q(z), p(z))), and on ground-truth data the disentanglement score of Kim & Mnih and MIG.
+D(q(z), p(z))), and on ground-truth data the disentanglement score of Kim & Mnih, MIG, and the other metrics
+of disentanglement_lib (DCI, SAP, modularity and explicitness, the β-VAE score) with their chance levels
+(:func:`factor_metrics`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ from pyro_decomp.runs import (
 from pyro_decomp.trainer import average_loss_components
 from pyro_decomp.util import module_device
 
-__all__ = ["encode_in_chunks", "evaluate", "load_run", "write_figures"]
+__all__ = [
+    "encode_in_chunks",
+    "evaluate",
+    "factor_metrics",
+    "factor_split_sizes",
+    "load_run",
+    "write_figures",
+]
 
 
 def load_run(run_dir: str, device="cpu") -> Run:
@@ -206,6 +215,72 @@ def write_figures(
     return out
 
 
+# ------------------------------------------------------------------------------------------ factor metrics
+def factor_split_sizes(n: int) -> Tuple[int, int]:
+    """Training and test points of the predictor metrics among ``n`` codes: disentanglement_lib's 10,000 and
+    5,000 when ``n`` >= 15,000, else two thirds and one third of them."""
+    return (10_000, 5_000) if n >= 15_000 else (n - n // 3, n // 3)
+
+
+def factor_metrics(
+    codes: torch.Tensor, factors: torch.Tensor, *, seed: int, num_votes: int, votes_size: int, progress: bool
+) -> Dict[str, Any]:
+    """The disentanglement metrics of disentanglement_lib on ``(N, D)`` codes of ground-truth points and
+    their ``(N, K)`` factors, each with its chance level: the same metric, on the same factors, of N(0, 1)
+    codes of the same shape (seeded by ``seed``); also the chance level of the Kim & Mnih score (``num_votes``
+    votes of ``votes_size``) and of MIG.
+
+    DCI, SAP, modularity and explicitness take :func:`factor_split_sizes` training and test points, drawn
+    without replacement from the N (disentanglement_lib's 10,000 and 5,000 when N >= 15,000); the β-VAE score
+    draws its 10,000 + 5,000 batches of 64 pairs from the N points. Keys: ``dci_disentanglement``,
+    ``dci_completeness``, ``dci_informativeness``, ``sap``, ``modularity``, ``explicitness``, ``beta_vae``,
+    each also with ``_chance``, ``disentanglement_chance``, ``mig_chance``, and ``factor_metric_points``
+    (train, test). A metric that cannot be computed (scikit-learn missing, no factor varying in the training
+    points) is null, and ``factor_metrics_skipped`` says why.
+    """
+    n = codes.shape[0]
+    num_train, num_test = factor_split_sizes(n)
+    noise = torch.randn(codes.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def split():
+        return dict(num_train=num_train, num_test=num_test, generator=torch.Generator().manual_seed(seed))
+
+    def measure(z):
+        dci = metrics.dci(z, factors, progress=progress, **split())
+        me = metrics.modularity_explicitness(z, factors, progress=progress, **split())
+        beta = metrics.beta_vae_score(z, factors, generator=torch.Generator().manual_seed(seed))
+        return {
+            "dci_disentanglement": dci["disentanglement"],
+            "dci_completeness": dci["completeness"],
+            "dci_informativeness": dci["informativeness_test"],
+            "sap": metrics.sap(z, factors, progress=progress, **split()),
+            "modularity": me["modularity"],
+            "explicitness": me["explicitness_test"],
+            "beta_vae": beta["eval_accuracy"],
+        }
+
+    out: Dict[str, Any] = {"factor_metric_points": [num_train, num_test]}
+    try:
+        if num_test < 1:
+            raise ValueError(f"{n} ground-truth points: too few to split into training and test points")
+        values, chance = measure(codes), measure(noise)
+    except (ImportError, ValueError) as e:
+        names = ("dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "modularity")
+        values = chance = dict.fromkeys(names + ("explicitness", "beta_vae"))
+        out["factor_metrics_skipped"] = str(e).strip().splitlines()[0]
+    for key, value in values.items():
+        out[key], out[f"{key}_chance"] = value, chance[key]
+    out["disentanglement_chance"] = metrics.disentanglement_score(
+        noise,
+        factors,
+        num_votes=num_votes,
+        votes_size=votes_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    out["mig_chance"] = metrics.mig(noise, factors)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 def _finite(value):
     if isinstance(value, dict):
@@ -240,7 +315,8 @@ def evaluate(
     importance samples, the Hoyer sparsity of the encoder means, the overlap diagnostics (I(x; z) and the
     encoder-to-aggregate variance ratio) and the alignment D(q(z), p(z)) with the run's divergence. On
     ground-truth data (shapes, dSprites), also the disentanglement score of Kim & Mnih (``num_votes`` votes
-    of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper) and MIG, on
+    of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper), MIG and
+    :func:`factor_metrics` (DCI, SAP, modularity, explicitness, β-VAE score, and every one's chance level), on
     the encoder means of ``factor_points`` points (default all). ``progress`` shows a bar per stage on stderr.
 
     The run directory is locked while it is evaluated, and checked for writing before any work is done.
@@ -311,7 +387,7 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
         }
         ground_truth = hasattr(test_set, "factors_from_index")
         stages = tqdm(
-            total=5 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
+            total=6 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
         )
         codes = _encode(vae, x, sample=False)
         result["hoyer_sparsity"] = metrics.hoyer_sparsity(codes)
@@ -348,6 +424,12 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             )
             stages.update(1)
             result["mig"] = metrics.mig(fcodes, factors)
+            stages.update(1)
+            result.update(
+                factor_metrics(
+                    fcodes, factors, seed=seed, num_votes=num_votes, votes_size=votes_size, progress=progress
+                )
+            )
             stages.update(1)
             result["factor_points"] = len(index)
         stages.close()

@@ -1,7 +1,7 @@
 """Every benchmark script runs in ``--quick`` mode and prints one valid JSON document whose correctness checks
 hold. No timing is asserted: the numbers depend on the machine.
 
-The four scripts start together (they are separate processes) and each test waits for its own.
+The five scripts start together (they are separate processes) and each test waits for its own.
 """
 
 import json
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPTS = ("svi_step", "divergences", "disentanglement", "data")
+SCRIPTS = ("svi_step", "divergences", "disentanglement", "data", "metrics")
 
 # float32 sums of up to ~10^5 terms in different orders differ by a few ulps times sqrt(terms): far below
 # this relative tolerance, which is the one the benchmarks promise for equal values.
@@ -125,6 +125,20 @@ def test_data_quick(runs):
     assert result["load"]["white_pixels"] > 0
     for key in ("render_wall_s", "load_wall_s", "touch_all_wall_s"):
         assert positive(result["summary"][key])
+
+
+def test_metrics_quick(runs):
+    pytest.importorskip("sklearn")
+    result = load(runs, "metrics")
+    # one fit per factor (or code and factor), each seeded alone: the same numbers with 1 and 2 jobs
+    for name, check in result["check"].items():
+        assert check["identical_across_jobs"], name
+    timed = result["metrics"]
+    assert set(timed) == {"dci", "sap", "sap_continuous", "modularity_explicitness", "beta_vae", "mig"}
+    for name, entry in timed.items():
+        assert positive(entry["wall_s"]), name
+    assert 0 <= timed["dci"]["value"]["disentanglement"] <= 1 and 0 <= timed["sap"]["value"] <= 1
+    assert 0 <= timed["beta_vae"]["value"]["eval_accuracy"] <= 1
 
 
 # ------------------------------------------------------------------------------------------------------

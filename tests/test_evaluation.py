@@ -83,3 +83,19 @@ def test_evaluate_result_matches_evaluation_json(trained):
     run_dir = trained[0]
     result = evaluate(run_dir, max_points=40, iwae_samples=4, figures=False)
     assert json.load(open(os.path.join(run_dir, "evaluation.json"))) == json.loads(json.dumps(result))
+
+
+def test_factor_metrics_report_each_metric_with_its_chance_level():
+    pytest.importorskip("sklearn")
+    from pyro_decomp.evaluation import factor_metrics
+
+    factors = torch.cartesian_prod(torch.arange(3), torch.arange(4), torch.arange(5))  # 60 points, K = 3
+    g = torch.Generator().manual_seed(0)
+    codes = factors.double() + 0.05 * torch.randn(60, 3, generator=g, dtype=torch.float64)
+    codes = torch.cat([codes, torch.randn(60, 1, generator=g, dtype=torch.float64)], 1)  # one empty code
+    result = factor_metrics(codes, factors, seed=0, num_votes=300, votes_size=10, progress=False)
+    assert result["factor_metric_points"] == [40, 20]
+    for key in ("dci_disentanglement", "dci_completeness", "sap", "modularity", "explicitness", "beta_vae"):
+        assert result[key] > result[f"{key}_chance"], key
+    assert result["beta_vae"] > 0.9 and abs(result["beta_vae_chance"] - 1 / 3) < 0.1
+    assert 0 <= result["disentanglement_chance"] <= 1 and 0 <= result["mig_chance"] < 0.5

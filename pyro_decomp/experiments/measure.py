@@ -24,7 +24,7 @@ from pyro_decomp.config import RESUMABLE, RunConfig
 from pyro_decomp.data import SHAPE_NAMES, Shapes
 from pyro_decomp.data.indexing import grid_subset, subset_index, take
 from pyro_decomp.divergences import build_divergence
-from pyro_decomp.evaluation import encode_in_chunks
+from pyro_decomp.evaluation import encode_in_chunks, factor_split_sizes
 from pyro_decomp.experiments.configs import Arm, ExperimentConfig
 from pyro_decomp.metrics import adjusted_rand_index
 from pyro_decomp.runs import CHECKPOINT_NAME, load_checkpoint, lock_run
@@ -227,6 +227,13 @@ def _evaluate_independence(
             "disentanglement": metrics.disentanglement_score(codes, factors, generator=generator, **votes)
         }
     results["mig"] = metrics.mig(codes, factors, bins=ev["mig_bins"])
+    # DCI and SAP on disentanglement_lib's split of the same codes, with draws of their own
+    split = dict(zip(("num_train", "num_test"), factor_split_sizes(len(codes))))
+    split_seed = generator.initial_seed()
+    results["dci"] = metrics.dci(
+        codes, factors, generator=torch.Generator().manual_seed(split_seed), **split
+    )["disentanglement"]
+    results["sap"] = metrics.sap(codes, factors, generator=torch.Generator().manual_seed(split_seed), **split)
     recon_index = subset_index(len(test_set), ev["recon_points"], generator)
     results["reconstruction_error"] = -_mean_reconstruction(vae, test_set, recon_index)
     if figures is None:

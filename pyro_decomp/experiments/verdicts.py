@@ -60,6 +60,8 @@ COLUMNS: Dict[str, Tuple[Tuple[str, str, Format], ...]] = {
     "independence": (
         ("disentanglement", "disentanglement ↑", "{:.3f}"),
         ("mig", "MIG ↑", "{:.3f}"),
+        ("dci", "DCI disentanglement ↑", "{:.3f}"),
+        ("sap", "SAP ↑", "{:.3f}"),
         ("reconstruction_error", "−E log p(x|z) (nats/image) ↓", "{:.1f}"),
     ),
     "sparsity": (
