@@ -23,7 +23,8 @@ from pyro_decomp.build import build
 from pyro_decomp.config import RunConfig, resolve_device
 from pyro_decomp.data.indexing import subset_index, take
 from pyro_decomp.runs import (
-    CHECKPOINT_NAME,
+    BEST_NAME,
+    CHECKPOINT_FILES,
     EVALUATION_NAME,
     FIGURES_DIR,
     METRICS_NAME,
@@ -37,24 +38,44 @@ from pyro_decomp.runs import (
     state_mismatch,
     write_json,
 )
+from pyro_decomp.summary import chance_levels, cluster_ari, collapse_warning, summary_rows
 from pyro_decomp.trainer import average_loss_components
 from pyro_decomp.util import module_device
 
 __all__ = ["encode_in_chunks", "evaluate", "load_run", "write_figures"]
 
 
-def load_run(run_dir: str, device="cpu") -> Run:
-    """Rebuild a trained run from ``RUN_DIR/config.json`` and ``RUN_DIR/checkpoint.pt``.
+def _checkpoint_path(run_dir: str, checkpoint: str) -> str:
+    """The file of ``checkpoint`` (``"last"`` or ``"best"``) in ``run_dir``; a ValueError in one line when
+    the choice is unknown or ``best.pt`` was never written."""
+    if checkpoint not in CHECKPOINT_FILES:
+        raise ValueError(f"checkpoint must be one of {sorted(CHECKPOINT_FILES)}, got {checkpoint!r}")
+    path = os.path.join(run_dir, CHECKPOINT_FILES[checkpoint])
+    if checkpoint == "best" and not os.path.exists(path):
+        raise ValueError(
+            f"{run_dir} has no {BEST_NAME}: it is written only when the held-out loss is measured (a data "
+            "set with a test split and eval_every > 0); evaluate the last checkpoint instead"
+        )
+    return path
+
+
+def load_run(run_dir: str, device="cpu", checkpoint: str = "last") -> Run:
+    """Rebuild a trained run from ``RUN_DIR/config.json`` and a checkpoint: ``checkpoint="last"``
+    (``checkpoint.pt``, where training stopped) or ``"best"`` (``best.pt``, the epoch of lowest held-out
+    loss).
 
     The network initialisation is drawn from a forked generator and the Pyro parameter store is left as it
     is, so loading a run changes neither the caller's random state nor the caller's parameters.
 
-    :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the trained weights, in eval mode, on
-        ``device``.
+    :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the checkpoint's weights, in eval mode,
+        on ``device``; ``epoch`` is the checkpoint's epoch and ``checkpoint`` says which one it is.
+    :raises ValueError: ``checkpoint`` is neither ``"last"`` nor ``"best"``, or ``best.pt`` is missing.
     """
+    path = _checkpoint_path(run_dir, checkpoint)
+    which = checkpoint
     config = load_config(run_dir)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    checkpoint = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME), map_location=dev)
+    checkpoint = load_checkpoint(path, map_location=dev)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         vae, elbo, train_set, test_set = build(config)
@@ -77,6 +98,7 @@ def load_run(run_dir: str, device="cpu") -> Run:
         run_dir=run_dir,
         train_set=train_set,
         test_set=test_set,
+        checkpoint=which,
     )
 
 
@@ -231,6 +253,7 @@ def evaluate(
     seed: int = 0,
     figures: bool = True,
     progress: bool = False,
+    checkpoint: str = "last",
 ) -> Dict[str, Any]:
     """Judge a trained run; writes ``RUN_DIR/evaluation.json`` and figures under ``RUN_DIR/figures``.
 
@@ -241,7 +264,13 @@ def evaluate(
     encoder-to-aggregate variance ratio) and the alignment D(q(z), p(z)) with the run's divergence. On
     ground-truth data (shapes, dSprites), also the disentanglement score of Kim & Mnih (``num_votes`` votes
     of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper) and MIG, on
-    the encoder means of ``factor_points`` points (default all). ``progress`` shows a bar per stage on stderr.
+    the encoder means of ``factor_points`` points (default all), each beside its chance level (the score of
+    random codes by the same metric on the same factors). On labelled data (pinwheel, Fashion-MNIST), the
+    adjusted Rand index of the encodings' clusters. ``collapse_warning`` is a line when the encoder has
+    collapsed (see :func:`~pyro_decomp.summary.collapse_warning`), else null; ``summary`` lists the main
+    numbers with unit and better direction. ``checkpoint`` chooses the weights (``"last"``:
+    ``checkpoint.pt``; ``"best"``: ``best.pt``); ``checkpoint`` and ``epoch`` in the result say which were
+    evaluated. ``progress`` shows a bar per stage on stderr.
 
     The run directory is locked while it is evaluated, and checked for writing before any work is done.
 
@@ -252,7 +281,16 @@ def evaluate(
         check_writable(os.path.join(run_dir, FIGURES_DIR))
     with lock_run(run_dir):
         result = _measure(
-            run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress
+            run_dir,
+            device,
+            max_points,
+            iwae_samples,
+            factor_points,
+            num_votes,
+            votes_size,
+            seed,
+            progress,
+            checkpoint,
         )
         run = result.pop("_run")
         if figures:
@@ -267,19 +305,33 @@ def evaluate(
                 progress=progress,
             )
         result = _finite(result)
+        result["summary"] = summary_rows(result)
         write_json(os.path.join(run_dir, EVALUATION_NAME), result)
     return result
 
 
-def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress):
-    run = load_run(run_dir, device=device)
+def _measure(
+    run_dir,
+    device,
+    max_points,
+    iwae_samples,
+    factor_points,
+    num_votes,
+    votes_size,
+    seed,
+    progress,
+    checkpoint,
+):
+    run = load_run(run_dir, device=device, checkpoint=checkpoint)
     config, vae, elbo, test_set = run.config, run.vae, run.elbo, run.test_set
     dev = module_device(vae)
     pyro.set_rng_seed(seed)
-    x, _ = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
+    x, y = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
     n = len(x)
     result: Dict[str, Any] = {
         "run_dir": os.path.abspath(run_dir),
+        "checkpoint": run.checkpoint,
+        "checkpoint_file": CHECKPOINT_FILES[run.checkpoint],
         "epoch": run.epoch,
         "dataset": config.dataset,
         "test_points": n,
@@ -318,6 +370,9 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
         stages.update(1)
         ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
         result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}
+        result["collapse_warning"] = collapse_warning(result["overlap"])
+        if y is not None and y.dim() == 1:
+            result["ari"] = cluster_ari(codes, y, getattr(vae, "prior", None), seed=seed)
         stages.update(1)
         result["alignment"] = {
             "divergence": config.divergence,
@@ -348,6 +403,9 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             )
             stages.update(1)
             result["mig"] = metrics.mig(fcodes, factors)
+            result["chance"] = chance_levels(
+                factors, fcodes.shape[1], num_votes=num_votes, votes_size=votes_size, seed=seed
+            )
             stages.update(1)
             result["factor_points"] = len(index)
         stages.close()

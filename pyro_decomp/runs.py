@@ -74,6 +74,7 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"
+CHECKPOINT_FILES = {"last": CHECKPOINT_NAME, "best": BEST_NAME}  # load_run's checkpoint= choices
 EVALUATION_NAME = "evaluation.json"
 FIGURES_DIR = "figures"
 LOCK_NAME = ".lock"
@@ -105,6 +106,8 @@ class Run:
     :ivar run_dir: the run directory (None for a run that wrote no files).
     :ivar train_set, test_set: the run's data sets.
     :ivar trained_epochs: the epochs trained by the call that returned this run (0 for a loaded run).
+    :ivar checkpoint: which checkpoint the weights come from: ``"last"`` (``checkpoint.pt``) or ``"best"``
+        (``best.pt``, the lowest held-out loss).
     """
 
     vae: Any
@@ -117,6 +120,7 @@ class Run:
     train_set: Any = None
     test_set: Any = None
     trained_epochs: int = 0
+    checkpoint: str = "last"
 
     def __repr__(self) -> str:
         return f"Run(run_dir={self.run_dir!r}, dataset={self.config.dataset!r}, epoch={self.epoch})"
