@@ -96,22 +96,36 @@ def collapse_warning(overlap: Dict[str, Any]) -> Optional[str]:
     )
 
 
-def kmeans(points: torch.Tensor, k: int, *, iterations: int = 50, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means on ``points`` ``(N, D)``, started from ``k`` distinct points drawn with ``seed``;
-    returns the cluster of each point ``(N,)``. A cluster left empty keeps its centre."""
+def kmeans(
+    points: torch.Tensor, k: int, *, iterations: int = 50, restarts: int = 5, seed: int = 0
+) -> torch.Tensor:
+    """Lloyd's k-means on ``points`` ``(N, D)`` from k-means++ starts (Arthur & Vassilvitskii, 2007: each
+    next centre drawn with probability proportional to its squared distance to the nearest centre so far),
+    the best of ``restarts`` runs by within-cluster sum of squares; returns the cluster of each point
+    ``(N,)``. Seeded by ``seed``; a cluster left empty keeps its centre."""
     generator = torch.Generator().manual_seed(seed)
     points = points.double()
-    centres = points[torch.randperm(len(points), generator=generator)[:k]].clone()
-    assignment = torch.zeros(len(points), dtype=torch.long)
-    for _ in range(iterations):
-        assignment = torch.cdist(points, centres).argmin(-1)
-        counts = torch.bincount(assignment, minlength=len(centres)).unsqueeze(-1)
-        sums = torch.zeros_like(centres).index_add_(0, assignment, points)
-        moved = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-        if torch.equal(moved, centres):
-            break
-        centres = moved
-    return assignment
+    best, best_inertia = None, float("inf")
+    for _ in range(restarts):
+        centres = points[torch.randint(len(points), (1,), generator=generator)]
+        for _ in range(1, k):
+            d2 = torch.cdist(points, centres).min(-1).values.square()
+            weights = d2 if float(d2.sum()) > 0 else torch.ones_like(d2)
+            centres = torch.cat([centres, points[torch.multinomial(weights, 1, generator=generator)]])
+        for _ in range(iterations):
+            assignment = torch.cdist(points, centres).argmin(-1)
+            counts = torch.bincount(assignment, minlength=k).unsqueeze(-1)
+            sums = torch.zeros_like(centres).index_add_(0, assignment, points)
+            moved = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+            if torch.equal(moved, centres):
+                break
+            centres = moved
+        distance = torch.cdist(points, centres)
+        assignment = distance.argmin(-1)
+        inertia = float(distance.min(-1).values.square().sum())
+        if inertia < best_inertia:
+            best, best_inertia = assignment, inertia
+    return best
 
 
 def cluster_ari(codes: torch.Tensor, labels: torch.Tensor, prior, seed: int = 0) -> Dict[str, Any]:

@@ -727,3 +727,46 @@ def test_messages_after_damage_or_an_early_kill_lead_somewhere(tmp_path, capsys)
         open(os.path.join(run, name), "wb").close()
     assert main(["train", "--resume", run, "--epochs", "3", "--no-progress", "--no-figures"]) == 0
     assert not [n for n in os.listdir(run) if n.startswith(".") and n.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ syntax and wording
+def test_a_malformed_dict_option_exits_2_with_one_line(tmp_path):
+    argv = [
+        sys.executable,
+        "-m",
+        "pyro_decomp",
+        "train",
+        *SHAPES,
+        "--data-options",
+        "subsample=orientation:10",
+    ]
+    proc = subprocess.run([*argv, "--run-dir", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    line = one_error_line(proc.stderr)
+    assert "--data-options subsample=orientation:10" in line and """'subsample={"orientation": 10}'""" in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["subsample=10", "num_per_class={5", "num_per_class=[1, 2"])
+def test_other_values_that_are_not_the_json_they_look_like_are_one_line(value, capsys):
+    assert main(["train", "--data-options", value, "--no-progress"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--data-options" in line and "JSON" in line
+
+
+def test_help_shows_the_dict_syntax_and_defaults_without_rst(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert """'subsample={"orientation": 10}'""" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    assert "thread (default: 2)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_one_epoch_is_singular(tmp_path, capsys):
+    assert main(["train", *TINY, "--epochs", "1", "--no-figures", "--run-dir", str(tmp_path / "r")]) == 0
+    assert "trained 1 epoch in" in capsys.readouterr().out

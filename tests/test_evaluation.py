@@ -83,3 +83,62 @@ def test_evaluate_result_matches_evaluation_json(trained):
     run_dir = trained[0]
     result = evaluate(run_dir, max_points=40, iwae_samples=4, figures=False)
     assert json.load(open(os.path.join(run_dir, "evaluation.json"))) == json.loads(json.dumps(result))
+
+
+# ------------------------------------------------------------------------------------------ which checkpoint
+def test_evaluate_best_uses_best_pts_weights_and_records_its_epoch(tmp_path, capsys):
+    from pyro_decomp.runs import load_checkpoint
+
+    run_dir = str(tmp_path / "run")
+    train(tiny(epochs=6, eval_every=1), run_dir, progress=False)
+    best = load_checkpoint(os.path.join(run_dir, "best.pt"))
+    last = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    loaded = load_run(run_dir, checkpoint="best")
+    assert loaded.checkpoint == "best" and loaded.epoch == best["epoch"]
+    assert_bitwise_equal(params(loaded.vae), best["model"])
+    assert load_run(run_dir).checkpoint == "last" and load_run(run_dir).epoch == last["epoch"] == 6
+    argv = ["evaluate", run_dir, "--checkpoint", "best", "--max-points", "40", "--iwae-samples", "2"]
+    assert main([*argv, "--no-figures", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"evaluated the best checkpoint (best.pt, epoch {best['epoch']})" in out
+    result = json.load(open(os.path.join(run_dir, "evaluation.json")))
+    assert (result["checkpoint"], result["checkpoint_file"], result["epoch"]) == (
+        "best",
+        "best.pt",
+        best["epoch"],
+    )
+    # the loss components are those of best.pt's weights: evaluating the last ones gives other numbers
+    if best["epoch"] != 6:
+        other = evaluate(run_dir, max_points=40, iwae_samples=2, figures=False)
+        assert other["checkpoint"] == "last" and other["epoch"] == 6 and other["loss"] != result["loss"]
+
+
+def test_best_without_best_pt_is_one_line(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    train(tiny(epochs=1, eval_every=0), run_dir, progress=False)
+    assert main(["evaluate", run_dir, "--checkpoint", "best", "--no-figures", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no best.pt" in err[0] and "eval_every" in err[0]
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        load_run(run_dir, checkpoint="first")
+
+
+# ------------------------------------------------------------------------------------------ what numbers mean
+def test_pinwheel_evaluate_reports_ari_with_units_and_directions(trained, capsys):
+    run_dir = trained[0]
+    assert main(["evaluate", run_dir, "--max-points", "40", "--iwae-samples", "2", "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    result = json.load(open(os.path.join(run_dir, "evaluation.json")))
+    ari = result["ari"]
+    assert ari["clusters"] == "nearest prior component" and ari["chance"] == 0.0
+    assert -1.0 <= ari["value"] <= 1.0
+    assert "ari (nearest prior component)" in out and "better: higher (0 is chance)" in out
+    names = {row["name"] for row in result["summary"]}
+    assert {
+        "loss",
+        "iwae_log_likelihood",
+        "overlap: mutual_information",
+        "ari (nearest prior component)",
+    } <= names
+    assert all(row["unit"] and row["better"] for row in result["summary"])
+    assert "iwae_log_likelihood" in out and "nats / point" in out and "better: lower" in out
