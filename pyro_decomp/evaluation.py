@@ -156,10 +156,13 @@ def write_figures(
 ) -> Dict[str, str]:
     """Draw the figures that fit the run's data into ``directory``; returns ``{name: path}``.
 
-    ``training_curves`` (from ``metrics.jsonl``, training and held-out), ``aggregate_posterior`` (q(z), one
-    draw per point, against p(z)), ``reconstructions``, ``samples``, ``traversals`` (images only) and
-    ``latent_magnitude`` (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all
-    that apply). The model is moved to the CPU.
+    ``training_curves`` (from ``metrics.jsonl``, training and held-out; no divergence panel when α = 0),
+    ``aggregate_posterior`` (q(z), one draw per point, against p(z)), ``reconstructions`` (16 images or 400
+    points in a seeded random order of a seeded random subset: from across the data set), ``samples``
+    (decoder means of prior draws; 2-D points over the data), ``traversals`` (images only: from the code of
+    the first of those random points, at the values written under the columns) and ``latent_magnitude``
+    (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all that apply). The
+    model is moved to the CPU.
     """
     os.makedirs(directory, exist_ok=True)
     index = subset_index(len(dataset), max_points, torch.Generator().manual_seed(seed))
@@ -170,7 +173,13 @@ def write_figures(
     records = (
         read_metrics(os.path.dirname(metrics_path)) if metrics_path and os.path.exists(metrics_path) else []
     )
-    keys = [k for k in SHOWN if records and k in records[-1]]
+    # like with like: the loss and its parts, without the divergence when α = 0 (it is not in the objective)
+    unused = {"divergence"} if config.alpha == 0 else set()
+    keys = [k for k in SHOWN if records and k in records[-1] and k not in unused]
+    # the images shown come from a seeded random order of the (random, sorted) subset: across the data set
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+    xs = x[order[: 16 if images else 400]]
+    traversal_values = torch.linspace(-3.0, 3.0, 9)
 
     def path(name):
         return os.path.join(directory, name + ".png")
@@ -178,7 +187,6 @@ def write_figures(
     def shown(t):
         return t.clamp(0, 1) if images else t
 
-    xs = x[: 16 if images else 400]
     drawers = {
         "training_curves": (
             bool(keys),
@@ -191,20 +199,34 @@ def write_figures(
                 vae.prior_distribution(),
                 path("aggregate_posterior"),
                 generator=torch.Generator().manual_seed(seed),
+                title=f"aggregate encoding of {len(x)} points, one draw of q(z|x) each, against p(z)",
             ),
         ),
         "reconstructions": (
             True,
-            lambda: plots.plot_reconstructions(xs, shown(vae.reconstruct(xs)), path("reconstructions")),
+            lambda: plots.plot_reconstructions(
+                xs,
+                shown(vae.reconstruct(xs)),
+                path("reconstructions"),
+                title=f"{len(xs)} random points and their reconstructions (decoder mean)",
+            ),
         ),
         "samples": (
             True,
-            lambda: plots.plot_samples(shown(vae.sample(64 if images else len(xs))), path("samples")),
+            lambda: plots.plot_samples(
+                shown(vae.sample(64 if images else len(xs))),
+                path("samples"),
+                title="decoder means E[x|z] of z ~ p(z)" + ("" if images else "; data behind"),
+                data=None if images else x,
+            ),
         ),
         "traversals": (
             images,
             lambda: plots.plot_traversals(
-                shown(plots.latent_traversal(vae, vae.encoder(x[:1])[0][0])), path("traversals")
+                shown(plots.latent_traversal(vae, vae.encoder(xs[:1])[0][0], values=traversal_values)),
+                path("traversals"),
+                values=traversal_values,
+                title="latent traversals from the code of a random point",
             ),
         ),
         "latent_magnitude": (

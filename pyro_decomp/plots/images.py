@@ -29,7 +29,13 @@ __all__ = ["latent_traversal", "plot_reconstructions", "plot_samples", "plot_tra
 
 
 def plot_reconstructions(
-    originals, reconstructions, path: PathLike, ncol: int = 8, figsize: FigSize = None, dpi: float = 100
+    originals,
+    reconstructions,
+    path: PathLike,
+    ncol: int = 8,
+    figsize: FigSize = None,
+    dpi: float = 100,
+    title: Optional[str] = None,
 ) -> PathLike:
     """Originals against their reconstructions.
 
@@ -37,8 +43,9 @@ def plot_reconstructions(
     each followed by the row of their reconstructions, the rows labelled "data" and "reconstruction";
     default figsize ``(ncol * CELL, 2 * ceil(n / ncol) * CELL)``. 2-D points ``(n, 2)``: both point sets,
     each original joined to its reconstruction by a segment, told apart by the legend; default figsize
-    ``(5, 5)``.
+    ``(5, 5)``. ``title`` (default ``"data and their reconstructions"``) can name the model, e.g. its arm.
     """
+    title = "data and their reconstructions" if title is None else title
     if _is_points(originals):
         a, b = _numpy(originals, "originals"), _numpy(reconstructions, "reconstructions")
         if a.shape != b.shape:
@@ -52,7 +59,7 @@ def plot_reconstructions(
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel(_coordinate("x", 0))
         ax.set_ylabel(_coordinate("x", 1))
-        ax.set_title("data and their reconstructions")
+        ax.set_title(title, fontsize=10)
         ax.legend(loc="best", fontsize=8, markerscale=2)
         return _save(fig, path)
     a, b = _as_images(originals, "originals"), _as_images(reconstructions, "reconstructions")
@@ -70,28 +77,49 @@ def plot_reconstructions(
     _show(ax, _tile(paired, ncol))
     h = a.shape[1]
     _label_rows(ax, [1 + r * (h + 1) + h / 2 for r in range(2 * rows)], ["data", "reconstruction"] * rows)
-    ax.set_title("data and their reconstructions", fontsize=10)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
 def plot_samples(
-    samples, path: PathLike, ncol: int = 8, figsize: FigSize = None, dpi: float = 100
+    samples,
+    path: PathLike,
+    ncol: int = 8,
+    figsize: FigSize = None,
+    dpi: float = 100,
+    title: Optional[str] = None,
+    data=None,
 ) -> PathLike:
-    """Samples from the model, e.g. ``vae.sample(64)``.
+    """Samples from the model, e.g. ``vae.sample(64)`` (decoder means E[x|z] of z ~ p(z)).
 
     Images: a grid of ``ncol`` columns, default figsize ``(ncol * CELL, ceil(n / ncol) * CELL)``. 2-D
-    points ``(n, 2)``: a scatter plot, default figsize ``(5, 5)``.
+    points ``(n, 2)``: a scatter plot, default figsize ``(5, 5)``, with equal scales; given ``data``
+    ``(m, 2)``, the data are drawn faintly behind and set the plotting range, so that samples and data
+    share the data's axes. ``title`` (default ``"samples from the model"``) should say what the samples
+    are.
     """
-    title = "samples from the model"
+    title = "samples from the model" if title is None else title
     if _is_points(samples):
         a = _numpy(samples, "samples")
         fig = _figure(figsize or (5, 5), dpi)
         ax = fig.add_subplot()
-        ax.scatter(a[:, 0], a[:, 1], s=4)
+        if data is not None:
+            d = _numpy(data, "data")
+            if not _is_points(d):
+                raise ValueError(f"data must be points (m, 2) like the samples, got shape {d.shape}")
+            ax.scatter(d[:, 0], d[:, 1], s=4, color="0.75", alpha=0.5, linewidths=0, label="data")
+            both = np.concatenate([d, a])
+            lo, hi = both.min(0), both.max(0)
+            pad = 0.05 * max(float((hi - lo).max()), 1e-6)
+            ax.set_xlim(lo[0] - pad, hi[0] + pad)
+            ax.set_ylim(lo[1] - pad, hi[1] + pad)
+        ax.scatter(a[:, 0], a[:, 1], s=4, label="samples")
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel(_coordinate("x", 0))
         ax.set_ylabel(_coordinate("x", 1))
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+        if data is not None:
+            ax.legend(fontsize=8, markerscale=2, loc="best")
         return _save(fig, path)
     a = _as_images(samples, "samples")
     ncol = _check_ncol(ncol)
@@ -141,6 +169,7 @@ def plot_traversals(
     dims: Optional[Sequence[int]] = None,
     figsize: FigSize = None,
     dpi=100,
+    title: Optional[str] = None,
 ) -> PathLike:
     """Latent traversals, one row per latent dimension (e.g. from :func:`latent_traversal`).
 
@@ -151,6 +180,7 @@ def plot_traversals(
     :param values: the S traversed values, written under the columns (optional).
     :param dims: the dimension of each row, for the row labels (default ``0..R-1``).
     :param figsize: default ``(S * CELL + 0.6, R * CELL + 0.4)``: the grid plus margins for labels.
+    :param title: default ``"latent traversals"``; e.g. the model's arm and the base point.
     """
     a = _numpy(images, "images")
     if a.ndim not in (4, 5):
@@ -176,5 +206,5 @@ def plot_traversals(
     else:
         ax.set_xlabel("value of the traversed latent coordinate (increasing \u2192)", fontsize=8)
     ax.set_ylabel("latent dimension", fontsize=8)
-    ax.set_title("latent traversals", fontsize=10)
+    ax.set_title("latent traversals" if title is None else title, fontsize=10)
     return _save(fig, path)

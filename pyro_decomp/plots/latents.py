@@ -32,19 +32,22 @@ def plot_aggregate_posterior(
     generator: Optional[torch.Generator] = None,
     figsize: FigSize = None,
     dpi: float = 100,
+    title: Optional[str] = None,
 ) -> PathLike:
     """The aggregate encoding q(z) against the prior p(z) -- the alignment the paper's α controls.
 
     ``codes`` are draws from q(z) = (1/N) Σ_n q(z|x_n): one ``z ~ q(z|x_n)`` per data point, ``(M, D)``.
 
-    * D = 2: a 2-D histogram (density) of the codes beside the prior's density exp(log p(z)) on the same
-      grid, with the prior's contours drawn over the histogram; default figsize ``(9, 4)``.
+    * D = 2: a Gaussian kernel density estimate of q(z) from the codes (Scott's bandwidth per axis: a few
+      hundred codes give a smooth density, not the speckle of a histogram), the codes drawn over it as
+      points and the prior's contours over both, beside the prior's density exp(log p(z)) on the same
+      ``bins`` x ``bins`` grid; equal scales on both axes (a square range); default figsize ``(9, 4)``.
     * otherwise: one panel per dimension, the codes' marginal histogram against the prior's marginal (a
       histogram of ``num_prior_samples`` prior draws, so any prior works); default figsize
       ``(3 * ncol, 2.5 * nrow)`` with ``ncol = min(D, 4)``.
 
     Prior draws (also used to set the 2-D plotting range) come from ``generator`` (default: seed 0), without
-    touching the global random state.
+    touching the global random state. ``title`` is the figure's title (e.g. the model's arm).
     """
     z = _numpy(codes, "codes").astype(np.float64)
     if z.ndim != 2 or z.shape[0] < 2:
@@ -57,25 +60,30 @@ def plot_aggregate_posterior(
         lo, hi = np.quantile(z, 0.005, axis=0), np.quantile(z, 0.995, axis=0)
         lo = np.minimum(lo, np.quantile(draws, 0.005, axis=0))
         hi = np.maximum(hi, np.quantile(draws, 0.995, axis=0))
-        span = hi - lo
-        lo, hi = lo - 0.1 * span, hi + 0.1 * span
-        xs, ys = np.linspace(lo[0], hi[0], bins + 1), np.linspace(lo[1], hi[1], bins + 1)
-        hist, _, _ = np.histogram2d(z[:, 0], z[:, 1], bins=[xs, ys], density=True)
-        cx, cy = (xs[1:] + xs[:-1]) / 2, (ys[1:] + ys[:-1]) / 2
+        centre, half = (lo + hi) / 2, max(float((hi - lo).max()), 1e-6) * 0.6  # square, 10% margins
+        lo, hi = centre - half, centre + half
+        cx, cy = np.linspace(lo[0], hi[0], bins), np.linspace(lo[1], hi[1], bins)
+        estimate = _kernel_density(z, cx, cy)
         density = _density_on_grid(prior, cx, cy)
         fig = _figure(figsize or (9, 4), dpi)
-        extent = (xs[0], xs[-1], ys[0], ys[-1])
-        panels = ((hist, "aggregate encoding q(z), contours of p(z)"), (density, "prior p(z)"))
+        extent = (cx[0], cx[-1], cy[0], cy[-1])
+        panels = ((estimate, "q(z): kernel density and codes, contours of p(z)"), (density, "prior p(z)"))
         levels = _contour_levels(density)
-        for i, (image, title) in enumerate(panels):
+        for i, (image, panel_title) in enumerate(panels):
             ax = fig.add_subplot(1, 2, i + 1)
-            shown = ax.imshow(image.T, origin="lower", extent=extent, aspect="auto", cmap="viridis")
-            if i == 0 and levels.size:
-                ax.contour(cx, cy, density.T, levels=levels, colors="white", linewidths=0.7)
-            ax.set_title(title, fontsize=10)
+            shown = ax.imshow(image.T, origin="lower", extent=extent, aspect="equal", cmap="viridis")
+            if i == 0:
+                ax.scatter(z[:, 0], z[:, 1], s=2, color="white", alpha=0.5, linewidths=0)
+                if levels.size:
+                    ax.contour(cx, cy, density.T, levels=levels, colors="orange", linewidths=0.7)
+                ax.set_xlim(extent[:2])
+                ax.set_ylim(extent[2:])
+            ax.set_title(panel_title, fontsize=9)
             ax.set_xlabel(_coordinate("z", 0))
             ax.set_ylabel(_coordinate("z", 1))
-            fig.colorbar(shown, ax=ax, label="density")
+            fig.colorbar(shown, ax=ax, label="density", shrink=0.8)
+        if title is not None:
+            fig.suptitle(title, fontsize=10)
         return _save(fig, path)
     ncol = min(dim, 4)
     nrow = math.ceil(dim / ncol)
@@ -93,8 +101,22 @@ def plot_aggregate_posterior(
         ax.tick_params(labelsize=7)
         if d == 0:
             ax.legend(fontsize=7)
-    fig.suptitle("marginals of the aggregate encoding q(z) against the prior p(z)", fontsize=10)
+    fig.suptitle(
+        "marginals of the aggregate encoding q(z) against the prior p(z)" if title is None else title,
+        fontsize=10,
+    )
     return _save(fig, path)
+
+
+def _kernel_density(z: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The Gaussian kernel density estimate of the 2-D points ``z`` ``(M, 2)`` at every (xs[i], ys[j]),
+    ``(len(xs), len(ys))``: (1/M) Σ_m N(x; z_m, diag(h²)) with Scott's bandwidth h_k = sd_k M^(-1/6)."""
+    m = len(z)
+    sd = z.std(0)
+    h = np.where(sd > 0, sd, max(float(sd.max()), 1e-3)) * m ** (-1 / 6)
+    kx = np.exp(-0.5 * ((xs[:, None] - z[None, :, 0]) / h[0]) ** 2) / (h[0] * np.sqrt(2 * np.pi))
+    ky = np.exp(-0.5 * ((ys[:, None] - z[None, :, 1]) / h[1]) ** 2) / (h[1] * np.sqrt(2 * np.pi))
+    return kx @ ky.T / m  # (len(xs), M) @ (M, len(ys)): the product kernel summed over the points
 
 
 def _contour_levels(density: np.ndarray) -> np.ndarray:
@@ -120,24 +142,29 @@ def plot_latent_magnitude(
     normalise: bool = True,
     figsize: FigSize = None,
     dpi: float = 100,
+    title: Optional[str] = None,
 ) -> PathLike:
     """Average latent magnitude per class: the paper's sparsity figure (Mathieu et al., 2019, Fig. 5).
 
     A heat map of E[|z_d| | class c] over the points of each class (rows: classes, columns: dimensions),
-    each dimension first divided by its standard deviation over all points when ``normalise``. A sparse
-    decomposition lights up few dimensions per class, and different ones for different classes.
+    all divided by one number when ``normalise``: the root mean square of the codes over every point and
+    dimension. One scale for all dimensions keeps an inactive dimension (codes near 0) dark; dividing each
+    dimension by its own spread would make the least informative ones the brightest. A sparse decomposition
+    lights up few dimensions per class, and different ones for different classes.
 
     :param codes: ``(N, D)`` encodings (e.g. encoder means).
     :param labels: ``(N,)`` integer classes.
-    :param figsize: default ``(0.45 * D + 2.5, 0.35 * C + 1.5)`` for C classes.
+    :param figsize: default ``(min(0.45 * D + 2.5, 11), max(0.35 * C + 1.5, 3))`` for C classes: at most
+        11 inches wide (50 dimensions stay readable; every 5th dimension is numbered past 25).
+    :param title: default ``"mean latent magnitude per class"``.
     """
     z = np.abs(_numpy(codes, "codes").astype(np.float64))
     y = _numpy(labels, "labels").reshape(-1)
     if z.ndim != 2 or z.shape[0] != y.shape[0]:
         raise ValueError(f"codes (N, D) and labels (N,) must match, got {z.shape} and {y.shape}")
     if normalise:
-        std = _numpy(codes, "codes").astype(np.float64).std(0)
-        z = z / np.where(std > 0, std, 1.0)
+        rms = float(np.sqrt(np.mean(z**2))) if z.size else 0.0
+        z = z / (rms if rms > 0 else 1.0)
     classes, inverse = np.unique(y, return_inverse=True)
     counts = np.bincount(inverse, minlength=classes.size)
     table = np.zeros((classes.size, z.shape[1]))
@@ -151,18 +178,20 @@ def plot_latent_magnitude(
         raise ValueError(
             f"class_names must have an entry for every class label 0..{classes.max()}, got {len(class_names)}"
         )
-    fig = _figure(figsize or (0.45 * z.shape[1] + 2.5, 0.35 * classes.size + 1.5), dpi)
+    dim = z.shape[1]
+    fig = _figure(figsize or (min(0.45 * dim + 2.5, 11.0), max(0.35 * classes.size + 1.5, 3.0)), dpi)
     ax = fig.add_subplot()
-    image = ax.imshow(table, aspect="auto", cmap="magma", interpolation="nearest")
-    ax.set_xticks(range(z.shape[1]))
-    ax.set_xticklabels([str(d) for d in range(z.shape[1])], fontsize=7)
+    image = ax.imshow(table, aspect="auto", cmap="magma", interpolation="nearest", vmin=0.0)
+    ticks = list(range(dim)) if dim <= 25 else list(range(0, dim, 5))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(d) for d in ticks], fontsize=7)
     ax.set_yticks(range(classes.size))
     ax.set_yticklabels(names, fontsize=7)
     ax.set_xlabel("latent dimension d", fontsize=9)
     ax.set_ylabel("class", fontsize=9)
-    ax.set_title("mean latent magnitude per class", fontsize=10)
+    ax.set_title("mean latent magnitude per class" if title is None else title, fontsize=10)
     colorbar = fig.colorbar(image, ax=ax)
-    colorbar.set_label(r"mean $|z_d|\,/\,\mathrm{sd}(z_d)$" if normalise else r"mean $|z_d|$", fontsize=8)
+    colorbar.set_label(r"mean $|z_d|\,/\,\mathrm{rms}(z)$" if normalise else r"mean $|z_d|$", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
     return _save(fig, path)
 

@@ -21,7 +21,6 @@ def _read_records(log) -> List[Mapping]:
 #: what the quantities of a run's log are, and their units: (title, unit or None)
 _QUANTITIES: Dict[str, Tuple[str, Optional[str]]] = {
     "loss": ("loss: the negative objective", "nats / point"),
-    "last_batch_loss": ("loss on the last minibatch", "nats / point"),
     "reconstruction": (r"reconstruction $\mathbb{E}_{q(z|x)}[\log p(x|z)]$", "nats / point"),
     "kl": (r"$\mathrm{KL}(q(z|x)\,\|\,p(z))$", "nats / point"),
     "other_kl": ("KL at the other latent sites", "nats / point"),
@@ -31,12 +30,29 @@ _QUANTITIES: Dict[str, Tuple[str, Optional[str]]] = {
 }
 
 HELDOUT_PREFIX = "heldout_"
+#: keys of a run's log that are not quantities of the model (never a panel of their own by default)
+_BOOKKEEPING = ("epoch", "steps")
+#: with fewer epochs than this, the loss panel also shows the per-step losses (``step_loss``)
+FEW_EPOCHS = 10
 
 
 def _quantity(key: str) -> Tuple[str, str]:
     """(title, axis label with the unit) of a logged quantity."""
     title, unit = _QUANTITIES.get(key, (key, None))
     return title, key if unit is None else f"{key}\n({unit})"
+
+
+def _step_series(records) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The per-step losses of the records that carry ``step_loss``, each block at its fractional epoch
+    (block i of n in epoch e at e − 1 + (i + ½)/n)."""
+    pts = []
+    for i, r in enumerate(records):
+        steps = r.get("step_loss")
+        if not isinstance(steps, list) or not steps:
+            continue
+        epoch = r.get("epoch", i + 1)
+        pts += [(epoch - 1 + (j + 0.5) / len(steps), v) for j, v in enumerate(steps) if _is_number(v)]
+    return tuple(zip(*pts)) if pts else ((), ())
 
 
 def plot_training_curves(
@@ -60,6 +76,10 @@ def plot_training_curves(
     :param heldout: draw the held-out value of a quantity ``K``, logged as ``"heldout_K"`` on some epochs,
         in K's panel (a line with markers, labelled "held-out", beside the one labelled "training"); the
         default ``keys`` then leave out the ``heldout_`` keys that have a panel of their own quantity.
+
+    Every value is an epoch mean. When the log has fewer than :data:`FEW_EPOCHS` epochs and its records
+    carry ``step_loss`` (the epoch's per-step losses, in consecutive blocks, as the trainer writes them),
+    the loss panel also draws those, each at its fractional epoch, labelled "training, per step".
     :param figsize: default ``(6, 2 * len(keys) + 0.5)``.
     """
     records = _read_records(log)
@@ -68,7 +88,7 @@ def plot_training_curves(
     if keys is None:
         keys = []
         for r in records:
-            keys += [k for k, v in r.items() if k != "epoch" and _is_number(v) and k not in keys]
+            keys += [k for k, v in r.items() if k not in _BOOKKEEPING and _is_number(v) and k not in keys]
         if heldout:
             paired = {HELDOUT_PREFIX + k for k in keys}
             keys = [k for k in keys if k not in paired]
@@ -87,9 +107,13 @@ def plot_training_curves(
         if not xs:
             raise ValueError(f"no record of the log has a numeric {key!r}")
         ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label="training")
+        sx, sy = _step_series(records) if key == "loss" and len(xs) < FEW_EPOCHS else ((), ())
+        if sx:
+            ax.plot(sx, sy, color="0.6", linewidth=0.8, label="training, per step")
         hx, hy = series(HELDOUT_PREFIX + key) if heldout else ((), ())
         if hx:
             ax.plot(hx, hy, marker="o", markersize=4, linewidth=1, label="held-out")
+        if hx or sx:
             ax.legend(fontsize=7)
         title, label = _quantity(key)
         ax.set_title(title, fontsize=9)
