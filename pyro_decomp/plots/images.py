@@ -114,7 +114,7 @@ def plot_samples(
             ax.set_xlim(lo[0] - pad, hi[0] + pad)
             ax.set_ylim(lo[1] - pad, hi[1] + pad)
         ax.scatter(a[:, 0], a[:, 1], s=4, label="samples")
-        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_aspect("equal", adjustable="box" if data is not None else "datalim")
         ax.set_xlabel(_coordinate("x", 0))
         ax.set_ylabel(_coordinate("x", 1))
         ax.set_title(title, fontsize=10)

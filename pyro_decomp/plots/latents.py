@@ -146,10 +146,12 @@ def plot_latent_magnitude(
 ) -> PathLike:
     """Average latent magnitude per class: the paper's sparsity figure (Mathieu et al., 2019, Fig. 5).
 
-    A heat map of E[|z_d| | class c] over the points of each class (rows: classes, columns: dimensions),
-    all divided by one number when ``normalise``: the root mean square of the codes over every point and
-    dimension. One scale for all dimensions keeps an inactive dimension (codes near 0) dark; dividing each
-    dimension by its own spread would make the least informative ones the brightest. A sparse decomposition
+    A heat map of E[|z_d| | class c] over the points of each class (rows: classes, columns: dimensions).
+    With ``normalise``, each dimension is first measured from its median over all points, m_d, and every
+    value divided by one number, the root mean square of z − m over every point and dimension:
+    E[|z_d − m_d| | c] / rms(z − m). An inactive dimension (a code that does not move with x, whatever its
+    offset) then stays dark, and all dimensions share one scale; dividing each dimension by its own spread
+    would make the least informative ones the brightest. For a sparse code m_d ≈ 0. A sparse decomposition
     lights up few dimensions per class, and different ones for different classes.
 
     :param codes: ``(N, D)`` encodings (e.g. encoder means).
@@ -158,13 +160,15 @@ def plot_latent_magnitude(
         11 inches wide (50 dimensions stay readable; every 5th dimension is numbered past 25).
     :param title: default ``"mean latent magnitude per class"``.
     """
-    z = np.abs(_numpy(codes, "codes").astype(np.float64))
+    z = _numpy(codes, "codes").astype(np.float64)
     y = _numpy(labels, "labels").reshape(-1)
     if z.ndim != 2 or z.shape[0] != y.shape[0]:
         raise ValueError(f"codes (N, D) and labels (N,) must match, got {z.shape} and {y.shape}")
-    if normalise:
-        rms = float(np.sqrt(np.mean(z**2))) if z.size else 0.0
+    if normalise and z.size:
+        z = z - np.median(z, axis=0)
+        rms = float(np.sqrt(np.mean(z**2)))
         z = z / (rms if rms > 0 else 1.0)
+    z = np.abs(z)
     classes, inverse = np.unique(y, return_inverse=True)
     counts = np.bincount(inverse, minlength=classes.size)
     table = np.zeros((classes.size, z.shape[1]))
@@ -191,7 +195,10 @@ def plot_latent_magnitude(
     ax.set_ylabel("class", fontsize=9)
     ax.set_title("mean latent magnitude per class" if title is None else title, fontsize=10)
     colorbar = fig.colorbar(image, ax=ax)
-    colorbar.set_label(r"mean $|z_d|\,/\,\mathrm{rms}(z)$" if normalise else r"mean $|z_d|$", fontsize=8)
+    colorbar.set_label(
+        r"mean $|z_d - m_d|\,/\,\mathrm{rms}(z - m)$, $m$: medians" if normalise else r"mean $|z_d|$",
+        fontsize=8,
+    )
     colorbar.ax.tick_params(labelsize=7)
     return _save(fig, path)
 
