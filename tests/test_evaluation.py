@@ -142,3 +142,69 @@ def test_pinwheel_evaluate_reports_ari_with_units_and_directions(trained, capsys
     } <= names
     assert all(row["unit"] and row["better"] for row in result["summary"])
     assert "iwae_log_likelihood" in out and "nats / point" in out and "better: lower" in out
+
+
+# ------------------------------------------------------------------------------------------ figures of a run
+def test_shapes_reconstructions_come_from_across_the_grid(tmp_path, monkeypatch):
+    """The 16 images drawn are a random sample of the grid: their factors, read back by finding each image
+    in the data set, span more than one shape and more than one scale (the sorted first 16 would not)."""
+    from pyro_decomp import plots
+    from pyro_decomp.build import build
+    from pyro_decomp.config import RunConfig
+    from pyro_decomp.data.indexing import take
+    from pyro_decomp.evaluation import write_figures
+
+    subsample = {"orientation": 40, "position_x": 8, "position_y": 8}  # 3 shapes x 6 scales x 16 positions
+    config = RunConfig(
+        dataset="shapes", data_options={"subsample": subsample, "cache": False, "progress": False}, epochs=1
+    )
+    vae, _, train_set, _ = build(config)
+    drawn = {}
+
+    def spy(name):
+        real = getattr(plots, name)
+
+        def record(*args, **kwargs):
+            drawn[name] = (args, kwargs)
+            return real(*args, **kwargs)
+
+        return record
+
+    for name in ("plot_reconstructions", "plot_traversals"):
+        monkeypatch.setattr(plots, name, spy(name))
+    write_figures(vae, config, train_set, str(tmp_path), kinds=("reconstructions", "traversals"))
+    shown = drawn["plot_reconstructions"][0][0]
+    everything, factors = take(train_set, torch.arange(len(train_set)))
+    assert len(everything) == 288 and len(shown) == 16
+    found = [int((everything == image).flatten(1).all(1).nonzero()[0]) for image in shown]
+    drawn_factors = factors[found]
+    names = list(train_set.factor_names)
+    assert drawn_factors[:, names.index("shape")].unique().numel() > 1
+    assert drawn_factors[:, names.index("scale")].unique().numel() > 1
+    # the traversals name their values under the columns
+    values = drawn["plot_traversals"][1]["values"]
+    assert torch.equal(values, torch.linspace(-3.0, 3.0, 9))
+
+
+def test_no_divergence_panel_when_alpha_is_zero(tmp_path, monkeypatch):
+    from pyro_decomp import plots
+    from pyro_decomp.evaluation import write_figures
+
+    panels = {}
+    real = plots.plot_training_curves
+
+    def spy(log, path, keys=None, **kwargs):
+        panels[str(path)] = list(keys)
+        return real(log, path, keys=keys, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_training_curves", spy)
+    for alpha in (0.0, 1.0):
+        run_dir = str(tmp_path / f"alpha{alpha}")
+        run = train(tiny(epochs=1, alpha=alpha), run_dir, progress=False)
+        out = str(tmp_path / f"figures{alpha}")
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        write_figures(
+            run.vae, run.config, run.train_set, out, metrics_path=metrics, kinds=("training_curves",)
+        )
+        shown = panels[os.path.join(out, "training_curves.png")]
+        assert ("divergence" in shown) == (alpha != 0) and "loss" in shown
