@@ -770,3 +770,17 @@ def test_help_shows_the_dict_syntax_and_defaults_without_rst(capsys):
 def test_one_epoch_is_singular(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "1", "--no-figures", "--run-dir", str(tmp_path / "r")]) == 0
     assert "trained 1 epoch in" in capsys.readouterr().out
+
+
+def test_the_readmes_shapes_command_is_the_quick_subsampled_one():
+    import pathlib
+    import shlex
+
+    from pyro_decomp.cli import _config_from_args
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
+    line = next(t for t in readme.splitlines() if t.startswith("pyro-decomp train --dataset shapes"))
+    argv = shlex.split(line.split("#")[0])[1:]
+    config = _config_from_args(build_parser().parse_args(argv))
+    assert config.data_options["subsample"] == {"orientation": 10, "position_x": 4, "position_y": 4}
+    assert "about 5 minutes" in line and "40 hours" in readme and "for a GPU" in readme
