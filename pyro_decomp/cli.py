@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -137,7 +138,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is dict:
             kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
-            kwargs["help"] += " (KEY=VALUE, VALUE as JSON; repeatable)"
+            kwargs["help"] += (
+                " (KEY=VALUE, VALUE as JSON, quoted for the shell, e.g. "
+                + _DICT_EXAMPLE.split(" ", 1)[1]
+                + "; repeatable)"
+            )
         elif kind in (int, float):
             upper = meta.get("maximum") or (INT_MAXIMUM if kind is int else None)
             kwargs["type"] = _number(kind, flag[2:], meta.get("minimum"), meta.get("strict"), upper)
@@ -153,7 +158,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-decomp", description=__doc__, formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pyro-decomp", description=__doc__.replace("``", ""), formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"pyro-decomp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,reproduce}")
 
@@ -228,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the subsets and samples",
     )
+    e.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="which weights: last (checkpoint.pt, where training stopped) or best (best.pt, the epoch of "
+        "lowest held-out loss)",
+    )
     e.add_argument("--no-figures", action="store_true", help="write no figures")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_evaluate, subparser=e)
@@ -265,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_number(int, "workers", 0, strict=True),
         default=2,
-        help="runs trained at a time, each in its own process on one thread",
+        help="runs trained at a time, each in its own process on one thread (default: 2)",
     )
     r.add_argument(
         "--threads",
@@ -278,13 +292,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- train
+_DICT_EXAMPLE = "--data-options 'subsample={\"orientation\": 10}'"
+# options whose value must be a JSON object
+_OBJECT_OPTIONS = {"data_options": ("subsample",)}
+# a value that was meant as a dict or a list but is not JSON: {..., [..., or name:value
+_NOT_JSON = re.compile(r"^\s*[\[{]|^\s*\w+\s*:\s*[-+.\d\[{\"']")
+
+
+def _check_option(setting: str, key: str, value: Any) -> None:
+    """A ValueError in one line, naming the flag, for an option value that was meant as JSON but is not."""
+    flag = config_flag(setting)
+    if key in _OBJECT_OPTIONS.get(setting, ()) and not isinstance(value, dict):
+        raise ValueError(
+            f"{flag} {key}={value}: {key} takes a JSON object, e.g. {_DICT_EXAMPLE} (quoted for the shell)"
+        )
+    if isinstance(value, str) and _NOT_JSON.search(value):
+        raise ValueError(
+            f"{flag} {key}={value}: the value is not JSON; dicts and lists are written as JSON, e.g. "
+            f"{_DICT_EXAMPLE} (quoted for the shell)"
+        )
+
+
 def _given(args) -> Dict[str, Any]:
-    """The RunConfig settings given on the command line (dict settings as dicts)."""
+    """The RunConfig settings given on the command line (dict settings as dicts, their values checked)."""
     given = {}
     for f in dataclasses.fields(RunConfig):
         value = getattr(args, f.name)
         if value is not None:
-            given[f.name] = dict(value) if setting_kind(f)[0] is dict else value
+            if setting_kind(f)[0] is dict:
+                value = dict(value)
+                for key, item in value.items():
+                    _check_option(f.name, key, item)
+            given[f.name] = value
     return given
 
 
@@ -396,7 +435,8 @@ def _train(args, parser) -> int:
     figures = next((c.paths for c in callbacks if isinstance(c, _Figures)), {})  # drawn under the lock
     last = result.metrics[-1] if result.metrics else {}
     print(
-        f"trained {result.trained_epochs} epochs in {time.perf_counter() - start:.1f} s "
+        f"trained {result.trained_epochs} epoch{'' if result.trained_epochs == 1 else 's'} "
+        f"in {time.perf_counter() - start:.1f} s "
         f"(epoch {result.epoch} of {result.config.epochs})",
         end="",
     )
@@ -437,30 +477,34 @@ def _evaluate(args, parser) -> int:
             seed=args.seed,
             figures=not args.no_figures,
             progress=not args.no_progress,
+            checkpoint=args.checkpoint,
         )
     except (CheckpointError, RunLocked, NonFiniteLossError, ValueError, OSError) as e:
         print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)
         return 1
-    for key, value in _summary(result):
-        print(f"{key:>34}: {value:.6g}" if isinstance(value, float) else f"{key:>34}: {value}")
+    print(
+        f"evaluated the {result['checkpoint']} checkpoint ({result['checkpoint_file']}, "
+        f"epoch {result['epoch']}) on {result['test_points']} test points"
+    )
+    if result.get("collapse_warning"):
+        print(f"WARNING: {result['collapse_warning']}")
+    for row in result["summary"]:
+        print(_summary_line(row))
     print(f"evaluation written to {os.path.join(args.run_dir, EVALUATION_NAME)}")
     for name, path in result.get("figures", {}).items():
         print(f"  figure: {path} ({name.replace('_', ' ')})")
     return 0
 
 
-def _summary(result: Dict[str, Any]):
-    """The numbers of ``evaluation.json`` a reader looks at first, as (label, value) pairs."""
-    for key, value in result.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield key, value
-    yield "iwae_log_likelihood", result["iwae_log_likelihood"]["mean"]
-    for key, value in result.get("overlap", {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield f"overlap: {key}", value
-    alignment = result.get("alignment", {})
-    if alignment.get("value") is not None:
-        yield f"alignment: {alignment['divergence']}", alignment["value"]
+def _summary_line(row: Dict[str, Any]) -> str:
+    """One row of :func:`~pyro_decomp.summary.summary_rows`: the name, the value, its unit, which way is
+    better and, where known, what chance reaches."""
+    value = row["value"]
+    text = f"{row['name']:>34}: {value:.6g}" if isinstance(value, float) else f"{row['name']:>34}: {value}"
+    notes = [n for n in (row["unit"], f"better: {row['better']}" if row["better"] else "") if n]
+    if "chance" in row and row["chance"] is not None:
+        notes.append(f"chance: {row['chance']:.3g}")
+    return text + (f"  ({'; '.join(notes)})" if notes else "")
 
 
 # ---------------------------------------------------------------------------------------------- reproduce

@@ -25,7 +25,8 @@ from pyro_decomp.build import build
 from pyro_decomp.config import RunConfig, resolve_device
 from pyro_decomp.data.indexing import subset_index, take
 from pyro_decomp.runs import (
-    CHECKPOINT_NAME,
+    BEST_NAME,
+    CHECKPOINT_FILES,
     EVALUATION_NAME,
     METRICS_NAME,
     SHOWN,
@@ -39,6 +40,7 @@ from pyro_decomp.runs import (
     state_mismatch,
     write_json,
 )
+from pyro_decomp.summary import chance_levels, cluster_ari, collapse_warning, summary_rows
 from pyro_decomp.trainer import average_loss_components
 from pyro_decomp.util import module_device
 
@@ -52,18 +54,37 @@ __all__ = [
 ]
 
 
-def load_run(run_dir: str, device="cpu") -> Run:
-    """Rebuild a trained run from ``RUN_DIR/config.json`` and ``RUN_DIR/checkpoint.pt``.
+def _checkpoint_path(run_dir: str, checkpoint: str) -> str:
+    """The file of ``checkpoint`` (``"last"`` or ``"best"``) in ``run_dir``; a ValueError in one line when
+    the choice is unknown or ``best.pt`` was never written."""
+    if checkpoint not in CHECKPOINT_FILES:
+        raise ValueError(f"checkpoint must be one of {sorted(CHECKPOINT_FILES)}, got {checkpoint!r}")
+    path = os.path.join(run_dir, CHECKPOINT_FILES[checkpoint])
+    if checkpoint == "best" and not os.path.exists(path):
+        raise ValueError(
+            f"{run_dir} has no {BEST_NAME}: it is written only when the held-out loss is measured (a data "
+            "set with a test split and eval_every > 0); evaluate the last checkpoint instead"
+        )
+    return path
+
+
+def load_run(run_dir: str, device="cpu", checkpoint: str = "last") -> Run:
+    """Rebuild a trained run from ``RUN_DIR/config.json`` and a checkpoint: ``checkpoint="last"``
+    (``checkpoint.pt``, where training stopped) or ``"best"`` (``best.pt``, the epoch of lowest held-out
+    loss).
 
     The network initialisation is drawn from a forked generator and the Pyro parameter store is left as it
     is, so loading a run changes neither the caller's random state nor the caller's parameters.
 
-    :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the trained weights, in eval mode, on
-        ``device``.
+    :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the checkpoint's weights, in eval mode,
+        on ``device``; ``epoch`` is the checkpoint's epoch and ``checkpoint`` says which one it is.
+    :raises ValueError: ``checkpoint`` is neither ``"last"`` nor ``"best"``, or ``best.pt`` is missing.
     """
+    path = _checkpoint_path(run_dir, checkpoint)
+    which = checkpoint
     config = load_config(run_dir)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    checkpoint = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME), map_location=dev)
+    checkpoint = load_checkpoint(path, map_location=dev)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         vae, elbo, train_set, test_set = build(config)
@@ -86,6 +107,7 @@ def load_run(run_dir: str, device="cpu") -> Run:
         run_dir=run_dir,
         train_set=train_set,
         test_set=test_set,
+        checkpoint=which,
     )
 
 
@@ -143,10 +165,13 @@ def write_figures(
 ) -> Dict[str, str]:
     """Draw the figures that fit the run's data into ``directory``; returns ``{name: path}``.
 
-    ``training_curves`` (from ``metrics.jsonl``, training and held-out), ``aggregate_posterior`` (q(z), one
-    draw per point, against p(z)), ``reconstructions``, ``samples``, ``traversals`` (images only) and
-    ``latent_magnitude`` (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all
-    that apply). The model is moved to the CPU.
+    ``training_curves`` (from ``metrics.jsonl``, training and held-out; no divergence panel when α = 0),
+    ``aggregate_posterior`` (q(z), one draw per point, against p(z)), ``reconstructions`` (16 images or 400
+    points in a seeded random order of a seeded random subset: from across the data set), ``samples``
+    (decoder means of prior draws; 2-D points over the data), ``traversals`` (images only: from the code of
+    the first of those random points, at the values written under the columns) and ``latent_magnitude``
+    (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all that apply). The
+    model is moved to the CPU.
     """
     os.makedirs(directory, exist_ok=True)
     index = subset_index(len(dataset), max_points, torch.Generator().manual_seed(seed))
@@ -157,7 +182,13 @@ def write_figures(
     records = (
         read_metrics(os.path.dirname(metrics_path)) if metrics_path and os.path.exists(metrics_path) else []
     )
-    keys = [k for k in SHOWN if records and k in records[-1]]
+    # like with like: the loss and its parts, without the divergence when α = 0 (it is not in the objective)
+    unused = {"divergence"} if config.alpha == 0 else set()
+    keys = [k for k in SHOWN if records and k in records[-1] and k not in unused]
+    # the images shown come from a seeded random order of the (random, sorted) subset: across the data set
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+    xs = x[order[: 16 if images else 400]]
+    traversal_values = torch.linspace(-3.0, 3.0, 9)
 
     def path(name):
         return os.path.join(directory, name + ".png")
@@ -165,7 +196,6 @@ def write_figures(
     def shown(t):
         return t.clamp(0, 1) if images else t
 
-    xs = x[: 16 if images else 400]
     drawers = {
         "training_curves": (
             bool(keys),
@@ -178,20 +208,34 @@ def write_figures(
                 vae.prior_distribution(),
                 path("aggregate_posterior"),
                 generator=torch.Generator().manual_seed(seed),
+                title=f"aggregate encoding of {len(x)} points, one draw of q(z|x) each, against p(z)",
             ),
         ),
         "reconstructions": (
             True,
-            lambda: plots.plot_reconstructions(xs, shown(vae.reconstruct(xs)), path("reconstructions")),
+            lambda: plots.plot_reconstructions(
+                xs,
+                shown(vae.reconstruct(xs)),
+                path("reconstructions"),
+                title=f"{len(xs)} random points and their reconstructions (decoder mean)",
+            ),
         ),
         "samples": (
             True,
-            lambda: plots.plot_samples(shown(vae.sample(64 if images else len(xs))), path("samples")),
+            lambda: plots.plot_samples(
+                shown(vae.sample(64 if images else len(xs))),
+                path("samples"),
+                title="decoder means E[x|z] of z ~ p(z)" + ("" if images else "; data behind"),
+                data=None if images else x,
+            ),
         ),
         "traversals": (
             images,
             lambda: plots.plot_traversals(
-                shown(plots.latent_traversal(vae, vae.encoder(x[:1])[0][0])), path("traversals")
+                shown(plots.latent_traversal(vae, vae.encoder(xs[:1])[0][0], values=traversal_values)),
+                path("traversals"),
+                values=traversal_values,
+                title="latent traversals from the code of a random point",
             ),
         ),
         "latent_magnitude": (
@@ -223,20 +267,19 @@ def factor_split_sizes(n: int) -> Tuple[int, int]:
 
 
 def factor_metrics(
-    codes: torch.Tensor, factors: torch.Tensor, *, seed: int, num_votes: int, votes_size: int, progress: bool
+    codes: torch.Tensor, factors: torch.Tensor, *, seed: int, progress: bool = False
 ) -> Dict[str, Any]:
     """The disentanglement metrics of disentanglement_lib on ``(N, D)`` codes of ground-truth points and
     their ``(N, K)`` factors, each with its chance level: the same metric, on the same factors, of N(0, 1)
-    codes of the same shape (seeded by ``seed``); also the chance level of the Kim & Mnih score (``num_votes``
-    votes of ``votes_size``) and of MIG.
+    codes of the same shape (seeded by ``seed``).
 
     DCI, SAP, modularity and explicitness take :func:`factor_split_sizes` training and test points, drawn
     without replacement from the N (disentanglement_lib's 10,000 and 5,000 when N >= 15,000); the β-VAE score
     draws its 10,000 + 5,000 batches of 64 pairs from the N points. Keys: ``dci_disentanglement``,
     ``dci_completeness``, ``dci_informativeness``, ``sap``, ``modularity``, ``explicitness``, ``beta_vae``,
-    each also with ``_chance``, ``disentanglement_chance``, ``mig_chance``, and ``factor_metric_points``
-    (train, test). A metric that cannot be computed (scikit-learn missing, no factor varying in the training
-    points) is null, and ``factor_metrics_skipped`` says why.
+    ``chance`` (a dict of the same keys: the chance levels), and ``factor_metric_points`` (train, test). A
+    metric that cannot be computed (scikit-learn missing, no factor varying in the training points) is null,
+    and ``factor_metrics_skipped`` says why.
     """
     n = codes.shape[0]
     num_train, num_test = factor_split_sizes(n)
@@ -268,16 +311,8 @@ def factor_metrics(
         names = ("dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "modularity")
         values = chance = dict.fromkeys(names + ("explicitness", "beta_vae"))
         out["factor_metrics_skipped"] = str(e).strip().splitlines()[0]
-    for key, value in values.items():
-        out[key], out[f"{key}_chance"] = value, chance[key]
-    out["disentanglement_chance"] = metrics.disentanglement_score(
-        noise,
-        factors,
-        num_votes=num_votes,
-        votes_size=votes_size,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    out["mig_chance"] = metrics.mig(noise, factors)
+    out.update(values)
+    out["chance"] = chance
     return out
 
 
@@ -306,6 +341,7 @@ def evaluate(
     seed: int = 0,
     figures: bool = True,
     progress: bool = False,
+    checkpoint: str = "last",
 ) -> Dict[str, Any]:
     """Judge a trained run; writes ``RUN_DIR/evaluation.json`` and figures under ``RUN_DIR/figures``.
 
@@ -316,8 +352,14 @@ def evaluate(
     encoder-to-aggregate variance ratio) and the alignment D(q(z), p(z)) with the run's divergence. On
     ground-truth data (shapes, dSprites), also the disentanglement score of Kim & Mnih (``num_votes`` votes
     of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper), MIG and
-    :func:`factor_metrics` (DCI, SAP, modularity, explicitness, β-VAE score, and every one's chance level), on
-    the encoder means of ``factor_points`` points (default all). ``progress`` shows a bar per stage on stderr.
+    :func:`factor_metrics` (DCI, SAP, modularity, explicitness, β-VAE score), on the encoder means of
+    ``factor_points`` points (default all), each beside its chance level (the score of random codes by the
+    same metric on the same factors). On labelled data (pinwheel, Fashion-MNIST), the adjusted Rand index of
+    the encodings' clusters. ``collapse_warning`` is a line when the encoder has collapsed (see
+    :func:`~pyro_decomp.summary.collapse_warning`), else null; ``summary`` lists the main numbers with unit
+    and better direction. ``checkpoint`` chooses the weights (``"last"``: ``checkpoint.pt``; ``"best"``:
+    ``best.pt``); ``checkpoint`` and ``epoch`` in the result say which were evaluated. ``progress`` shows a
+    bar per stage on stderr.
 
     The run directory is locked while it is evaluated, and checked for writing before any work is done.
 
@@ -328,7 +370,16 @@ def evaluate(
         check_writable(figures_dir(run_dir))  # a real directory: a link there is refused
     with lock_run(run_dir):
         result = _measure(
-            run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress
+            run_dir,
+            device,
+            max_points,
+            iwae_samples,
+            factor_points,
+            num_votes,
+            votes_size,
+            seed,
+            progress,
+            checkpoint,
         )
         run = result.pop("_run")
         if figures:
@@ -343,19 +394,33 @@ def evaluate(
                 progress=progress,
             )
         result = _finite(result)
+        result["summary"] = summary_rows(result)
         write_json(os.path.join(run_dir, EVALUATION_NAME), result)
     return result
 
 
-def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress):
-    run = load_run(run_dir, device=device)
+def _measure(
+    run_dir,
+    device,
+    max_points,
+    iwae_samples,
+    factor_points,
+    num_votes,
+    votes_size,
+    seed,
+    progress,
+    checkpoint,
+):
+    run = load_run(run_dir, device=device, checkpoint=checkpoint)
     config, vae, elbo, test_set = run.config, run.vae, run.elbo, run.test_set
     dev = module_device(vae)
     pyro.set_rng_seed(seed)
-    x, _ = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
+    x, y = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
     n = len(x)
     result: Dict[str, Any] = {
         "run_dir": os.path.abspath(run_dir),
+        "checkpoint": run.checkpoint,
+        "checkpoint_file": CHECKPOINT_FILES[run.checkpoint],
         "epoch": run.epoch,
         "dataset": config.dataset,
         "test_points": n,
@@ -394,6 +459,9 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
         stages.update(1)
         ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
         result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}
+        result["collapse_warning"] = collapse_warning(result["overlap"])
+        if y is not None and y.dim() == 1:
+            result["ari"] = cluster_ari(codes, y, getattr(vae, "prior", None), seed=seed)
         stages.update(1)
         result["alignment"] = {
             "divergence": config.divergence,
@@ -424,12 +492,13 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             )
             stages.update(1)
             result["mig"] = metrics.mig(fcodes, factors)
-            stages.update(1)
-            result.update(
-                factor_metrics(
-                    fcodes, factors, seed=seed, num_votes=num_votes, votes_size=votes_size, progress=progress
-                )
+            result["chance"] = chance_levels(
+                factors, fcodes.shape[1], num_votes=num_votes, votes_size=votes_size, seed=seed
             )
+            stages.update(1)
+            standard = factor_metrics(fcodes, factors, seed=seed, progress=progress)
+            result["chance"].update(standard.pop("chance"))
+            result.update(standard)
             stages.update(1)
             result["factor_points"] = len(index)
         stages.close()

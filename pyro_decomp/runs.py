@@ -66,6 +66,7 @@ from pyro_decomp.version import __version__
 __all__ = [
     "ASIDE_NAME",
     "BEST_NAME",
+    "CHECKPOINT_FILES",
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "EVALUATION_NAME",
@@ -103,6 +104,7 @@ __all__ = [
     "write_metrics",
 ]
 
+CHECKPOINT_FILES = {"last": CHECKPOINT_NAME, "best": BEST_NAME}  # load_run's checkpoint= choices
 CHECKPOINT_FORMAT = "pyro_decomp.checkpoint"
 SHOWN = ("loss", "reconstruction", "kl", "divergence")  # the loss components in progress bars and curves
 HELD_OUT = "heldout_"  # prefix of the held-out loss components in a metrics record
@@ -131,6 +133,8 @@ class Run:
     :ivar run_dir: the run directory (None for a run that wrote no files).
     :ivar train_set, test_set: the run's data sets.
     :ivar trained_epochs: the epochs trained by the call that returned this run (0 for a loaded run).
+    :ivar checkpoint: which checkpoint the weights come from: ``"last"`` (``checkpoint.pt``) or ``"best"``
+        (``best.pt``, the lowest held-out loss).
     """
 
     vae: Any
@@ -143,6 +147,7 @@ class Run:
     train_set: Any = None
     test_set: Any = None
     trained_epochs: int = 0
+    checkpoint: str = "last"
 
     def __repr__(self) -> str:
         return f"Run(run_dir={self.run_dir!r}, dataset={self.config.dataset!r}, epoch={self.epoch})"

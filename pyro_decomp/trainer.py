@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 HELD_OUT_POINTS = 10000  # the most test points whose loss components are averaged
+STEP_BINS = 100  # the most per-step loss values an epoch's record keeps (block means)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,6 +123,30 @@ def average_loss_components(elbo, vae, batches: Iterable[torch.Tensor]) -> Dict[
                 sums[key] = sums.get(key, 0.0) + float(value) * len(x)
             used += len(x)
     return {k: v / used for k, v in sums.items()} if used else {}
+
+
+def _new_partial() -> Dict[str, Any]:
+    """The running sums of an epoch in progress (kept in checkpoints, so a resumed epoch's means are
+    those of an epoch that never stopped)."""
+    return {"loss_sum": 0.0, "steps": 0, "component_sums": {}, "step_losses": []}
+
+
+def _restore_partial(saved: Dict[str, Any]) -> Dict[str, Any]:
+    partial = _new_partial()
+    partial["loss_sum"] = float(saved["loss_sum"])
+    partial["steps"] = int(saved["steps"])
+    partial["component_sums"] = {k: float(v) for k, v in saved.get("component_sums", {}).items()}
+    partial["step_losses"] = [float(v) for v in saved.get("step_losses", [])]
+    return partial
+
+
+def _block_means(values: List[float], blocks: int) -> List[float]:
+    """``values`` in at most ``blocks`` consecutive blocks of equal size (the last may be shorter), each
+    replaced by its mean."""
+    if not values:
+        return []
+    size = -(-len(values) // blocks)
+    return [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)]
 
 
 class _Stop(Exception):
@@ -189,7 +214,7 @@ class Trainer:
         self.global_step = 0
         self.best_heldout: Optional[float] = None
         self.should_stop = False
-        self._partial = {"loss_sum": 0.0, "steps": 0}
+        self._partial = _new_partial()
         self._pending_optim_state: Dict[str, Any] = {}
         self._signal: Optional[int] = None
         self._in_update = False
@@ -226,7 +251,12 @@ class Trainer:
             epoch=self.epoch,
             step=self.step_in_epoch,
             global_step=self.global_step,
-            partial=dict(self._partial),
+            partial={
+                "loss_sum": self._partial["loss_sum"],
+                "steps": self._partial["steps"],
+                "component_sums": dict(self._partial["component_sums"]),
+                "step_losses": list(self._partial["step_losses"]),
+            },
             best_heldout=self.best_heldout,
             model=self.vae.state_dict(),
             optimizer=optim_state,
@@ -254,10 +284,7 @@ class Trainer:
         self.step_in_epoch = int(state["step"])
         self.global_step = int(state["global_step"])
         self.best_heldout = state.get("best_heldout")
-        self._partial = {
-            "loss_sum": float(state["partial"]["loss_sum"]),
-            "steps": int(state["partial"]["steps"]),
-        }
+        self._partial = _restore_partial(state["partial"])
         ranks = state.get("rng_ranks")
         if ranks is not None and len(ranks) == self.context.world_size:
             set_rng_state(ranks[self.context.rank])
@@ -540,12 +567,50 @@ class Trainer:
             return True
         return False
 
+    # ------------------------------------------------------------------ the epoch's record
+    def _step_components(self, x: torch.Tensor) -> Optional[Dict[str, float]]:
+        """The loss components of the batch ``x`` at the parameters its step starts from (a forked
+        generator: the training run is unchanged), without the loss itself, which the step gives; None when
+        they fail on invalid values (the step then reports the failure)."""
+        try:
+            components = self.loss_components(x)
+        except ValueError:
+            return None
+        components.pop("loss", None)
+        return components
+
+    def _accumulate(self, loss: float, components: Dict[str, float]) -> None:
+        partial = self._partial
+        partial["loss_sum"] += loss
+        partial["steps"] += 1
+        partial["step_losses"].append(loss)
+        sums = partial["component_sums"]
+        for key, value in components.items():
+            sums[key] = sums.get(key, 0.0) + value
+
+    def _epoch_record(self, epoch: int) -> Dict[str, Any]:
+        """The epoch's record: ``loss`` and every loss component are means over the epoch's steps (each
+        evaluated on the step's batch), ``step_loss`` the per-step losses in at most :data:`STEP_BINS`
+        consecutive blocks (the mean of each), for the curves of runs with few epochs."""
+        partial = self._partial
+        steps = max(partial["steps"], 1)
+        record: Dict[str, Any] = {
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "loss": partial["loss_sum"] / steps,
+        }
+        for key, value in sorted(partial["component_sums"].items()):
+            record[key] = value / steps
+        record["steps"] = partial["steps"]
+        record["step_loss"] = _block_means(partial["step_losses"], STEP_BINS)
+        return record
+
     def _run_epoch(self, epoch: int) -> Dict[str, Any]:
         start = time.perf_counter()
         index_batches = self._epoch_batches(epoch)
         first = self.step_in_epoch
         if first == 0:
-            self._partial = {"loss_sum": 0.0, "steps": 0}
+            self._partial = _new_partial()
         inner = tqdm(
             total=len(index_batches),
             initial=first,
@@ -555,7 +620,6 @@ class Trainer:
             disable=not (self.progress and len(index_batches) > 1),
             dynamic_ncols=True,
         )
-        x = None
         data = batches(
             self.train_set,
             index_batches[first:],
@@ -565,31 +629,20 @@ class Trainer:
         try:
             for step, x in enumerate(data, first + 1):
                 x = x.to(self.device, non_blocking=True)
+                components = self._step_components(x)
                 loss = self.step(x, epoch, step) / self.dataset_size
+                if components is None:
+                    raise self._non_finite("loss components", "(invalid values)", epoch, step, x)
                 self.step_in_epoch = step
                 self.global_step += 1
-                self._partial["loss_sum"] += loss
-                self._partial["steps"] += 1
+                self._accumulate(loss, components)
                 inner.set_postfix(loss=f"{loss:.4g}")
                 inner.update(1)
                 if self._signal is not None:
                     raise _Stop
         finally:
             inner.close()
-        record: Dict[str, Any] = {
-            "epoch": epoch,
-            "global_step": self.global_step,
-            "loss": self._partial["loss_sum"] / max(self._partial["steps"], 1),
-        }
-        if x is not None:
-            try:
-                components = self.loss_components(x)
-            except ValueError as e:
-                raise self._non_finite(
-                    "loss components", "(invalid values)", epoch, self.step_in_epoch, x
-                ) from e
-            for key, value in components.items():
-                record["last_batch_" + key if key == "loss" else key] = value
+        record = self._epoch_record(epoch)
         eval_every = self.config.eval_every
         if eval_every and (epoch % eval_every == 0 or epoch == self.config.epochs):
             record.update(self.heldout_components())

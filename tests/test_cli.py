@@ -811,3 +811,60 @@ def test_resume_of_a_regular_file_names_it(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "config.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file, not a run directory" in err and "JSON" not in err
+
+
+# ------------------------------------------------------------------ syntax and wording
+def test_a_malformed_dict_option_exits_2_with_one_line(tmp_path):
+    argv = [
+        sys.executable,
+        "-m",
+        "pyro_decomp",
+        "train",
+        *SHAPES,
+        "--data-options",
+        "subsample=orientation:10",
+    ]
+    proc = subprocess.run([*argv, "--run-dir", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    line = one_error_line(proc.stderr)
+    assert "--data-options subsample=orientation:10" in line and """'subsample={"orientation": 10}'""" in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["subsample=10", "num_per_class={5", "num_per_class=[1, 2"])
+def test_other_values_that_are_not_the_json_they_look_like_are_one_line(value, capsys):
+    assert main(["train", "--data-options", value, "--no-progress"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--data-options" in line and "JSON" in line
+
+
+def test_help_shows_the_dict_syntax_and_defaults_without_rst(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert """'subsample={"orientation": 10}'""" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    assert "thread (default: 2)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_one_epoch_is_singular(tmp_path, capsys):
+    assert main(["train", *TINY, "--epochs", "1", "--no-figures", "--run-dir", str(tmp_path / "r")]) == 0
+    assert "trained 1 epoch in" in capsys.readouterr().out
+
+
+def test_the_readmes_shapes_command_is_the_quick_subsampled_one():
+    import pathlib
+    import shlex
+
+    from pyro_decomp.cli import _config_from_args
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
+    line = next(t for t in readme.splitlines() if t.startswith("pyro-decomp train --dataset shapes"))
+    argv = shlex.split(line.split("#")[0])[1:]
+    config = _config_from_args(build_parser().parse_args(argv))
+    assert config.data_options["subsample"] == {"orientation": 10, "position_x": 4, "position_y": 4}
+    assert "about 5 minutes" in line and "40 hours" in readme and "for a GPU" in readme

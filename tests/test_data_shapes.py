@@ -18,7 +18,7 @@ STEP = 2 * math.pi / 39  # the orientation grid step, 9.23°
 
 
 class _FullGrid(GroundTruthData):
-    """The shapes factor grid without images: indexing is all the round-trip test needs."""
+    """The shapes factor grid without images: indexing is all the random pairs and the index map need."""
 
     def __init__(self):
         self._set_factors(SHAPES_FACTOR_NAMES, shapes_module._full_values())
@@ -38,51 +38,6 @@ def positions():
     ds = Shapes(subsample={"scale": 5, "orientation": 10}, cache=False, progress=False)
     assert ds.factor_sizes == (3, 2, 4, 32, 32)
     return ds, ds.images(ds.all_factors(), dtype=torch.uint8).reshape(24, 32, 32, 64, 64)
-
-
-def test_index_round_trip_over_the_whole_grid():
-    grid = _FullGrid()
-    assert len(grid) == 737280 and grid.factor_sizes == FULL_SIZES
-    index = torch.arange(len(grid))
-    factors = grid.factors_from_index(index)
-    assert factors.shape == (737280, 5) and factors.dtype == torch.int64
-    assert torch.equal(grid.index_from_factors(factors), index)
-    # independent enumeration: C order of the (3, 6, 40, 32, 32) array, i.e. position y fastest
-    reference = np.indices(FULL_SIZES).reshape(5, -1).T
-    assert torch.equal(grid.all_factors(), torch.from_numpy(reference))
-    # dSprites' own formula: index = factors · (245760, 40960, 1024, 32, 1)
-    assert torch.equal(grid.index_from_factors(factors), factors @ torch.tensor([245760, 40960, 1024, 32, 1]))
-    values = grid.values_from_factors(factors[[0, -1]])
-    assert torch.allclose(values[0], torch.tensor([1.0, 0.5, 0.0, 0.0, 0.0]))
-    assert torch.allclose(values[1], torch.tensor([3.0, 1.0, 2 * math.pi, 1.0, 1.0]))
-
-
-def test_index_validation():
-    grid = _FullGrid()
-    with pytest.raises(ValueError, match="orientation"):
-        grid.index_from_factors(torch.tensor([[0, 0, 40, 0, 0]]))
-    with pytest.raises(ValueError, match="shape"):
-        grid.index_from_factors(torch.tensor([0, 0, 0, 0]))
-    with pytest.raises(ValueError, match="integer"):
-        grid.index_from_factors(torch.zeros(5))
-    with pytest.raises(ValueError, match="737280"):
-        grid.factors_from_index(torch.tensor([737280]))
-
-
-def test_sample_factors_uniform_and_independent():
-    grid = _FullGrid()
-    n = 60000
-    f = grid.sample_factors(n, torch.Generator().manual_seed(0))
-    assert f.shape == (n, 5) and f.dtype == torch.int64
-    assert torch.equal(f, grid.sample_factors(n, torch.Generator().manual_seed(0)))
-    # every level frequency, and every (shape, scale) cell of the joint, within 5 binomial standard errors
-    # sqrt(p(1-p)/n) of its probability (131 checks: false alarm < 1e-4)
-    for k, size in enumerate(FULL_SIZES):
-        freq = torch.bincount(f[:, k], minlength=size).double() / n
-        p = 1.0 / size
-        assert (freq - p).abs().max() < 5 * math.sqrt(p * (1 - p) / n)
-    joint = torch.bincount(f[:, 0] * 6 + f[:, 1], minlength=18).double() / n
-    assert (joint - 1 / 18).abs().max() < 5 * math.sqrt(1 / 18 * 17 / 18 / n)
 
 
 def test_items_and_subsample_grid():

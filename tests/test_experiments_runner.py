@@ -33,10 +33,15 @@ def test_reproduce_all_smoke_writes_a_well_formed_report(smoke_report):
     headings = re.findall(r"^## (.+)$", text, flags=re.M)
     assert [h.split(":")[0] for h in headings] == ["Clustering", "Independence", "Sparsity"]
     sections = re.split(r"^## ", text, flags=re.M)[1:]
+    headline = re.split(r"^## ", text, flags=re.M)[0]
+    assert headline.count("| not judged (1 seed) |") == 3  # the headline table: no verdict on one seed
     results = json.loads((out / "results.json").read_text())
     for section, result in zip(sections, results):
         assert "**The paper's claim.**" in section and "Regenerate with:" in section
-        assert re.search(r"\*\*At the `smoke` scale: (held|did not hold|partly held)", section)
+        # one seed per arm: no verdict, in the section's headline and above every table
+        assert "**At the `smoke` scale: not judged (1 seed).**" in section
+        shown_tables = section.count("| arm |") + section.count("| prior | β | seeds |")
+        assert section.count("*Not judged (1 seed):") == shown_tables
         # the results table: one row per arm, every metric cell a number
         rows = [line for line in section.splitlines() if line.startswith("| ") and "|---" not in line]
         metric_rows = [r for r in rows if r.count("|") > 8]

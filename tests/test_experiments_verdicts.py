@@ -125,11 +125,15 @@ def test_independence_verdict_partly_held_when_reconstruction_costs_too_much():
     assert VERDICTS["independence"](result)["status"].startswith("partly held")
 
 
-def test_independence_verdict_with_one_seed():
+def test_independence_verdict_with_one_seed_is_not_judged():
     result = independence_result([[0.01], [0.02]], [0.0, 0.0], seeds=(0,))
-    assert VERDICTS["independence"](result)["status"] == "held (one seed: no spread)"
+    verdict = VERDICTS["independence"](result)
+    assert verdict["status"] == "not judged (1 seed)"
+    assert (
+        "at least 2 seeds" in verdict["rule"] and "+0.010" in verdict["evidence"]
+    )  # the numbers still shown
     result = independence_result([[0.01], [-0.02]], [0.0, 0.0], seeds=(0,))
-    assert VERDICTS["independence"](result)["status"] == "did not hold"
+    assert VERDICTS["independence"](result)["status"] == "not judged (1 seed)"
 
 
 # ---------------------------------------------------------------------------------------------- clustering
@@ -190,5 +194,12 @@ def test_clustering_verdict_did_not_hold():
 def test_clustering_verdict_with_one_setting_and_one_seed():
     result = clustering_result({("", "beta"): [0.4], ("", "alpha"): [0.6]})
     verdict = VERDICTS["clustering"](result)
-    assert verdict["status"] == "held (one seed: no spread)"
-    assert "not judged" not in verdict["evidence"].lower()
+    assert verdict["status"] == "not judged (1 seed)"
+    assert "not judged" not in verdict["evidence"].lower()  # only the other setting's evidence says so
+
+
+def test_two_seeds_in_every_arm_are_needed():
+    ari = {("", "beta"): [0.4, 0.41], ("", "alpha"): [0.9, 0.91]}
+    assert VERDICTS["clustering"](clustering_result(ari))["status"] == "held"
+    ari[("", "beta")] = [0.4]  # one arm with one seed
+    assert VERDICTS["clustering"](clustering_result(ari))["status"] == "not judged (1 seed)"

@@ -82,7 +82,7 @@ def test_readme_library_example_twice_in_one_process(tmp_path):
 FLOORS = [
     ["version", "util", "_atomic", "_pyro_compat"],
     ["data", "distributions", "divergences", "nets", "distributed"],
-    ["distribution_prior", "priors", "marginals", "elbo", "metrics", "label_placement", "plots"],
+    ["distribution_prior", "priors", "marginals", "elbo", "metrics", "label_placement", "plots", "summary"],
     ["vae"],
     ["config", "build", "run_files", "runs"],
     ["trainer", "callbacks", "training", "evaluation"],

@@ -350,6 +350,23 @@ def curve_records(epochs=30, every=5):
     return records
 
 
+def step_records(epochs, steps=40):
+    """Records as the trainer writes them: epoch means and the per-step losses of each epoch."""
+    records = []
+    for e in range(1, epochs + 1):
+        step_loss = [3000.0 / (1 + 0.1 * ((e - 1) * steps + i)) for i in range(steps)]
+        records.append(
+            {
+                "epoch": e,
+                "loss": sum(step_loss) / steps,
+                "kl": 20.0 + e,
+                "steps": steps,
+                "step_loss": step_loss,
+            }
+        )
+    return records
+
+
 def sweep():
     """A sweep whose points cluster: labels at a fixed offset would collide."""
     runs = []
@@ -376,15 +393,27 @@ CASES = {
     "plot_samples": {
         "images 64x64": lambda p: plot_samples(blobs(64, 64), p),
         "points": lambda p: plot_samples(pinwheel_like(), p),
+        "points over the data, titled": lambda p: plot_samples(
+            pinwheel_like() * 0.4, p, data=pinwheel_like(seed=1), title="decoder means E[x|z] of z ~ p(z)"
+        ),
     },
     "plot_traversals": {
         "10-D with values": lambda p: plot_traversals(
             blobs(90, 32).view(10, 9, 1, 32, 32), p, values=torch.linspace(-3, 3, 9)
         ),
         "without values": lambda p: plot_traversals(blobs(15, 64).view(3, 5, 64, 64), p, dims=[0, 4, 7]),
+        "titled, two lines": lambda p: plot_traversals(
+            blobs(18, 32).view(2, 9, 1, 32, 32),
+            p,
+            values=torch.linspace(-3, 3, 9),
+            title="Student-t, β=4: traversals\n(smoke scale: barely trained, a plumbing check)",
+        ),
     },
     "plot_aggregate_posterior": {
         "2-D mixture": lambda p: plot_aggregate_posterior(pinwheel_like(2000), mixture_prior(), p),
+        "2-D, 150 codes, titled": lambda p: plot_aggregate_posterior(
+            pinwheel_like(150), mixture_prior(), p, title="arm β=0, α=1: held-out q(z) against p(z)"
+        ),
         "10-D": lambda p: plot_aggregate_posterior(
             torch.randn(2000, 10) * 1.3, dist.Normal(torch.zeros(10), torch.ones(10)).to_event(1), p
         ),
@@ -401,10 +430,14 @@ CASES = {
             class_names=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
             + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
         ),
+        "50-D": lambda p: plot_latent_magnitude(
+            torch.randn(500, 50) * (torch.arange(50) < 8), torch.arange(500) % 10, p, title="γ=0.8, α=100"
+        ),
     },
     "plot_training_curves": {
         "default keys, held-out": lambda p: plot_training_curves(curve_records(), p),
         "chosen keys": lambda p: plot_training_curves(curve_records(), p, keys=["loss", "kl", "divergence"]),
+        "one epoch, per step": lambda p: plot_training_curves(step_records(1), p, keys=["loss", "kl"]),
     },
     "plot_encodings_by_arm": {
         "two arms": lambda p: plot_encodings_by_arm(
@@ -541,3 +574,93 @@ def test_training_curves_show_heldout_values(saved, tmp_path):
     axes = saved[2][0].axes
     assert len(axes) == 7 and all(list(lines_by_label(ax)) == ["training"] for ax in axes)
     assert axes[-1].get_xlabel() == "epoch"
+
+
+# ------------------------------------------------------------------------------------------ honest figures
+def test_samples_over_the_data_share_the_datas_axes(saved, tmp_path):
+    data = pinwheel_like(400) * 2.0
+    plot_samples(pinwheel_like(200) * 0.4, tmp_path / "s.png", data=data, title="decoder means")
+    ax = saved[0][0].axes[0]
+    assert ax.get_title() == "decoder means" and ax.get_aspect() == 1.0
+    (lo_x, hi_x), (lo_y, hi_y) = ax.get_xlim(), ax.get_ylim()
+    assert lo_x <= float(data[:, 0].min()) and hi_x >= float(data[:, 0].max())
+    assert lo_y <= float(data[:, 1].min()) and hi_y >= float(data[:, 1].max())
+    assert sorted(shown_text(ax.get_legend().get_texts())) == ["data", "samples"]
+    with pytest.raises(ValueError, match="data must be points"):
+        plot_samples(torch.randn(10, 2), tmp_path / "bad.png", data=torch.randn(10, 3))
+
+
+def test_two_dim_aggregate_posterior_is_a_smooth_density_at_equal_scales(saved, tmp_path):
+    from pyro_decomp.plots.latents import _kernel_density
+
+    plot_aggregate_posterior(pinwheel_like(150), mixture_prior(), tmp_path / "q.png", title="an arm")
+    fig = saved[0][0]
+    panels = [ax for ax in fig.axes if not is_colorbar(ax)]
+    assert all(ax.get_aspect() == 1.0 for ax in panels)
+    assert fig._suptitle.get_text() == "an arm"
+    # the estimate against a brute-force sum of Gaussian kernels, and it integrates to about one
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(50, 2, generator=g).double().numpy() * np.array([1.0, 0.5])
+    xs, ys = np.linspace(-5, 5, 201), np.linspace(-4, 4, 161)
+    estimate = _kernel_density(z, xs, ys)
+    h = z.std(0) * 50 ** (-1 / 6)
+    i, j = 37, 101
+    brute = np.mean(
+        [
+            math.exp(-0.5 * (((xs[i] - a) / h[0]) ** 2 + ((ys[j] - b) / h[1]) ** 2))
+            / (2 * math.pi * h[0] * h[1])
+            for a, b in z
+        ]
+    )
+    assert estimate[i, j] == pytest.approx(brute, rel=1e-9)
+    assert estimate.sum() * (xs[1] - xs[0]) * (ys[1] - ys[0]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_an_inactive_dimension_looks_inactive_and_fifty_dimensions_stay_readable(saved, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(600) % 6
+    codes = 0.01 * torch.randn(600, 50, generator=g)
+    codes[:, :6] += 2.0 * torch.eye(6)[labels] + 0.3 * torch.randn(600, 6, generator=g)
+    codes[:, 30] += 5.0  # inactive, far from 0: it does not move with x
+    path = plot_latent_magnitude(codes, labels, tmp_path / "m.png")
+    width, height = png_size(path)
+    assert width <= 1100 and height >= 300  # not 2500 x 255
+    table = np.asarray(saved[0][0].axes[0].images[0].get_array())
+    assert table[:, 30].max() < 0.05 * table[:, :6].max()  # dark, like the other inactive dimensions
+    assert table[np.arange(6), np.arange(6)].min() > 10 * table[:, 6:].max()
+
+
+def test_training_curves_of_a_short_run_show_every_step(saved, tmp_path):
+    records = step_records(2)
+    plot_training_curves(records, tmp_path / "c.png", keys=["loss", "kl"])
+    loss_panel = saved[0][0].axes[0]
+    lines = lines_by_label(loss_panel)
+    steps = lines["training, per step"]
+    assert len(steps.get_xdata()) == 80 and steps.get_xdata()[0] == pytest.approx(0.5 / 40)
+    assert list(steps.get_ydata()) == records[0]["step_loss"] + records[1]["step_loss"]
+    assert list(lines["training"].get_xdata()) == [1, 2]
+    assert "training, per step" not in lines_by_label(saved[0][0].axes[1])  # only the loss has them
+    # the bookkeeping keys get no panel of their own
+    plot_training_curves(records, tmp_path / "d.png")
+    assert len([ax for ax in saved[1][0].axes if not is_colorbar(ax)]) == 2
+
+
+def test_a_figure_that_cannot_be_written_fails_in_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "s.png"
+    plot_samples(images(4), path)
+    old = path.read_bytes()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OSError) as info:
+        plot_samples(images(8), path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "No space left on device" in message
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary

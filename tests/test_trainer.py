@@ -203,3 +203,53 @@ def test_sighup_is_handled_as_sigterm(tmp_path):
     assert info.value.signal == signal.SIGHUP and 128 + info.value.signal == 129
     assert load_checkpoint(info.value.checkpoint)["epoch"] >= 1
     assert signal.getsignal(signal.SIGHUP) == before  # the handler is put back
+
+
+# ------------------------------------------------------------------------------------------ epoch records
+def test_every_loss_component_of_a_record_is_the_mean_over_the_epochs_steps(tmp_path):
+    """Recomputed here: before each step, the parameters, the random state and the batch are kept; each
+    step's components are then evaluated again from them with the ELBO, and averaged."""
+    import torch
+
+    trainer = _trainer(tiny(epochs=1), str(tmp_path))
+    seen, original = [], trainer.step
+
+    def spy(x, epoch=0, step=0):
+        seen.append((params(trainer.vae), torch.get_rng_state(), x.clone()))
+        return original(x, epoch, step)
+
+    trainer.step = spy
+    (record,) = trainer.fit()
+    assert read_metrics(str(tmp_path)) == [record]
+    assert record["steps"] == len(seen) == 5
+    sums = {}
+    for state, rng, x in seen:
+        trainer.vae.load_state_dict(state)
+        torch.set_rng_state(rng)
+        comps = trainer.elbo.loss_components(trainer.vae.model, trainer.vae.guide, x, dataset_size=40)
+        for key, value in comps.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    for key in ("reconstruction", "kl", "other_kl", "divergence"):
+        assert record[key] == pytest.approx(sums[key] / 5, rel=1e-12, abs=1e-12), key
+    # the training loss is the mean of the steps' losses, and the per-step losses are kept for the curves
+    assert len(record["step_loss"]) == 5
+    assert record["loss"] == pytest.approx(sum(record["step_loss"]) / 5, rel=1e-12)
+    # the components' own loss agrees with the steps' loss up to Monte Carlo noise of the same size
+    assert record["loss"] == pytest.approx(sums["loss"] / 5, rel=0.2)
+    assert "last_batch_loss" not in record
+
+
+def test_a_record_of_an_epoch_resumed_mid_way_equals_the_uninterrupted_one(tmp_path):
+    whole = _trainer(tiny(epochs=2), None)
+    whole_records = whole.fit()
+    trainer = _trainer(tiny(epochs=2), str(tmp_path))
+    trainer.elbo = _InterruptAt(trainer.elbo, at=7)  # epoch 2, step 2
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    again = _trainer(tiny(epochs=2), str(tmp_path))
+    again.restore()
+    again.fit()
+    records = read_metrics(str(tmp_path))
+    for got, want in zip(records, whole_records):
+        got.pop("seconds"), want.pop("seconds")
+        assert got == want

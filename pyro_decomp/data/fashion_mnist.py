@@ -101,15 +101,17 @@ def _torchvision():
 def _how_to_get(root: Path, raw: Path) -> str:
     return (
         f"Put the four Fashion-MNIST IDX files ({', '.join(FASHION_MNIST_FILES)}, plain or .gz) in {raw} "
-        f"(Debian's dataset-fashion-mnist package ships them under {DEBIAN_DIR}), or call "
-        f"fashion_mnist({str(root)!r}, download=True)."
+        f"(Debian's dataset-fashion-mnist package ships them under {DEBIAN_DIR}), or download them: "
+        f"--data-options download=true on the command line, fashion_mnist({str(root)!r}, download=True) "
+        "in Python."
     )
 
 
 def _how_to_replace(root: Path) -> str:
     return (
         f"Delete it and put a good copy in its place (Debian's dataset-fashion-mnist package ships the four "
-        f"files under {DEBIAN_DIR}), or call fashion_mnist({str(root)!r}, download=True)."
+        f"files under {DEBIAN_DIR}), or download it: --data-options download=true on the command line, "
+        f"fashion_mnist({str(root)!r}, download=True) in Python."
     )
 
 

@@ -171,6 +171,13 @@ def decoder_scale(vae, z: torch.Tensor) -> float:
     return float(vae.likelihood_scale)
 
 
+def _figure_title(config, arm, what: str) -> str:
+    """A run's figure title: the arm, what the figure shows, and at the smoke scale that the model is barely
+    trained (grey, identical traversals and shapeless samples are expected there)."""
+    smoke = "\n(smoke scale: barely trained, a plumbing check; expect blurred or uniform images)"
+    return f"{arm.label or arm.name}: {what}" + (smoke if config.scale == "smoke" else "")
+
+
 def _evaluate_clustering(config, arm, vae, train_set, test_set, generator, figures: Optional[Path], tag: str):
 
     ev = config.evaluation
@@ -196,9 +203,17 @@ def _evaluate_clustering(config, arm, vae, train_set, test_set, generator, figur
         return results, {}, {}
     prior = copy.deepcopy(vae.prior).cpu()() if vae.prior is not None else vae.prior_distribution()
     paths = {
-        "density": plots.plot_aggregate_posterior(codes, prior, figures / f"{tag}_density.png"),
+        "density": plots.plot_aggregate_posterior(
+            codes,
+            prior,
+            figures / f"{tag}_density.png",
+            title=_figure_title(config, arm, "held-out q(z) against p(z)"),
+        ),
         "reconstructions": plots.plot_reconstructions(
-            x.cpu(), vae.reconstruct(x).cpu(), figures / f"{tag}_reconstructions.png"
+            x.cpu(),
+            vae.reconstruct(x).cpu(),
+            figures / f"{tag}_reconstructions.png",
+            title=_figure_title(config, arm, "held-out points and their reconstructions"),
         ),
     }
     return results, paths, {"encodings": loc.cpu(), "prior": prior}
@@ -243,7 +258,10 @@ def _evaluate_independence(
     base = encode_in_chunks(vae, test_set, index)[0].mean(0)
     values = torch.linspace(-3.0, 3.0, 9)
     path = plots.plot_traversals(
-        plots.latent_traversal(vae, z=base, values=values), figures / f"{tag}_traversals.png", values=values
+        plots.latent_traversal(vae, z=base, values=values),
+        figures / f"{tag}_traversals.png",
+        values=values,
+        title=_figure_title(config, arm, "traversals around the mean code"),
     )
     return results, {"traversals": path}, {}
 
@@ -281,7 +299,11 @@ def _evaluate_sparsity(config, arm, vae, train_set, test_set, generator, figures
         return results, {}, {}
     paths = {
         "magnitude": plots.plot_latent_magnitude(
-            codes, labels, figures / f"{tag}_magnitude.png", class_names=names
+            codes,
+            labels,
+            figures / f"{tag}_magnitude.png",
+            class_names=names,
+            title=_figure_title(config, arm, "mean latent magnitude per class"),
         ),
     }
     return results, paths, {}

@@ -23,6 +23,7 @@ from pyro_decomp.experiments.verdicts import (
     clustering_arms,
     independence_differences,
     mean_sd,
+    not_judged,
 )
 from pyro_decomp.version import __version__
 
@@ -265,6 +266,14 @@ def _paired_table(result: Dict[str, Any]) -> str:
     return _markdown_table(header, rows)
 
 
+def _not_judged_line(result: Dict[str, Any]) -> List[str]:
+    """The line above each table of an experiment with too few seeds for a verdict (else nothing)."""
+    note = not_judged(result)
+    if note is None:
+        return []
+    return [f"*{note[0].upper()}{note[1:]}: no spread over seeds, so no difference below is evidence.*", ""]
+
+
 def _section(result: Dict[str, Any], out: Path) -> str:
     name = result["experiment"]
     settings = result["settings"]
@@ -329,6 +338,7 @@ def _section(result: Dict[str, Any], out: Path) -> str:
             title = _SETTING_TITLES.get(setting, setting)
             judged = " (the verdict)" if name == "clustering" and setting == "decoder" else ""
             lines += [f"**Table {i + 1}: {title}{judged}.**", ""]
+        lines += _not_judged_line(result)
         lines += [_arms_table(result, [a for a in result["arms"] if a.get("setting", "") == setting]), ""]
     if name == "independence":
         lines += [
@@ -336,6 +346,7 @@ def _section(result: Dict[str, Any], out: Path) -> str:
             "the per-seed differences (prior − isotropic) ± its standard error (sd of the differences / √n), "
             "and the mean difference in reconstruction error relative to the isotropic prior's.",
             "",
+            *_not_judged_line(result),
             _paired_table(result),
             "",
         ]

@@ -6,6 +6,9 @@ means, with SE = √(s_a²/n_a + s_b²/n_b) (:func:`difference`); for arms whose
 (independence: the same seed gives the same data order and initial networks for every prior) the mean of the
 per-seed differences d_i = a_i − b_i, with SE = sd(d)/√n (:func:`paired_difference`), which removes the
 variation that the paired runs share.
+
+A verdict needs a spread, so at least :data:`MIN_SEEDS` seeds in every arm: with fewer, the status is
+"not judged (n seed(s))" (:func:`not_judged`), whatever the numbers, and the report says so in every table.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ import torch
 __all__ = [
     "CLAIMS",
     "COLUMNS",
+    "MIN_SEEDS",
     "PINWHEEL_COMPONENTS",
     "VERDICTS",
     "clustering_arms",
     "difference",
     "independence_differences",
+    "not_judged",
     "paired_difference",
     "paired_values",
 ]
 
 #: the components of the pinwheel mixture prior
 PINWHEEL_COMPONENTS = 4
+#: the fewest seeds per arm for a verdict (a standard error needs two)
+MIN_SEEDS = 2
 
 
 def count_below(limit: float) -> Callable[[Sequence[float]], str]:
@@ -151,6 +158,23 @@ def paired_values(
     return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
+def seeds_per_arm(result: Dict[str, Any]) -> int:
+    """The fewest measured seeds of any arm of ``result``."""
+    counts = {a["name"]: 0 for a in result["arms"]}
+    for run in result["runs"]:
+        if run["arm"] in counts and run.get("metrics"):
+            counts[run["arm"]] += 1
+    return min(counts.values(), default=0)
+
+
+def not_judged(result: Dict[str, Any]) -> Optional[str]:
+    """``"not judged (n seed(s))"`` when some arm has fewer than :data:`MIN_SEEDS` seeds, else None."""
+    n = seeds_per_arm(result)
+    if n >= MIN_SEEDS:
+        return None
+    return f"not judged ({n} seed{'' if n == 1 else 's'})"
+
+
 def _fmt_se(mean: float, se: Optional[float], fmt: str = "{:+.3f}") -> str:
     return fmt.format(mean) + ("" if se is None else f" ± {se:.3f}")
 
@@ -211,14 +235,11 @@ def _verdict_clustering(result) -> Dict[str, str]:
     (setting, alpha, beta), *others = clustering_arms(result)
     text, diff, se = _clustering_comparison(result, setting, alpha, beta)
     texts = [text] + [_clustering_comparison(result, *other, note=", not judged")[0] for other in others]
-    if se is None:
-        status = "held (one seed: no spread)" if diff > 0 else "did not hold"
-    else:
-        status = "held" if diff > 2 * se else "did not hold"
+    status = "held" if se is not None and diff > 2 * se else "did not hold"
     where = f" {_SETTING_NAMES[setting]}," if _SETTING_NAMES.get(setting) else ""
     rule = (
         f"Rule:{where} the (β=0, α=1) arm clusters better than the (β=1, α=0) arm, with an ARI higher by "
-        "more than 2 standard errors of the difference of the means (by any margin with one seed)"
+        "more than 2 standard errors of the difference of the means"
         + ("; the other likelihood is reported, not judged." if others else ".")
     )
     return {"status": status, "evidence": " ".join(texts), "rule": rule}
@@ -252,14 +273,13 @@ def independence_differences(result: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 def _verdict_independence(result) -> Dict[str, str]:
     rows = independence_differences(result)
-    lines, statuses, single = [], [], False
+    lines, statuses = [], []
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
         wins = 0
         for r in members:
             mean, se, _ = r["disentanglement"]
-            single |= se is None
-            wins += mean > (0.0 if se is None else 2 * se)
+            wins += se is not None and mean > 2 * se
         cost = sum(r["relative_cost"] for r in members) / len(members)
         gains = ", ".join(
             f"β={r['beta']:g} {_fmt_se(r['disentanglement'][0], r['disentanglement'][1])}" for r in members
@@ -271,7 +291,7 @@ def _verdict_independence(result) -> Dict[str, str]:
         if wins * 2 > len(members):
             statuses.append("held" if cost <= 0.10 else "partly held")
     if "held" in statuses:
-        status = "held (one seed: no spread)" if single else "held"
+        status = "held"
     elif "partly held" in statuses:
         status = "partly held (better disentanglement, but more than 10% worse reconstruction)"
     else:
@@ -280,7 +300,7 @@ def _verdict_independence(result) -> Dict[str, str]:
         "Rule (paired by seed): at each β, each non-isotropic prior is compared with the isotropic prior on "
         "the same seeds, by the mean of the per-seed differences and its standard error (sd of the "
         "differences / √n). The claim held for a prior when its disentanglement gain exceeds 2 standard "
-        "errors at a majority of the β values (by any margin with one seed) and its reconstruction error is "
+        "errors at a majority of the β values and its reconstruction error is "
         "on average (over β) at most 10% above the isotropic prior's; it held when some prior meets both, "
         "partly held when some prior meets only the first."
     )
@@ -315,8 +335,25 @@ def _verdict_sparsity(result) -> Dict[str, str]:
     return {"status": status, "evidence": text, "rule": rule}
 
 
+def _judged_only_with_seeds(verdict: Callable[[Dict[str, Any]], Dict[str, str]]):
+    """``verdict`` with its status replaced by :func:`not_judged`'s when the arms have too few seeds (the
+    rule and the evidence are still given)."""
+
+    def decide(result: Dict[str, Any]) -> Dict[str, str]:
+        out = verdict(result)
+        note = not_judged(result)
+        if note is not None:
+            out["status"] = note
+            out["rule"] += f" A verdict needs at least {MIN_SEEDS} seeds in every arm."
+        return out
+
+    decide.__name__ = verdict.__name__
+    decide.__doc__ = verdict.__doc__
+    return decide
+
+
 VERDICTS = {
-    "clustering": _verdict_clustering,
-    "independence": _verdict_independence,
-    "sparsity": _verdict_sparsity,
+    "clustering": _judged_only_with_seeds(_verdict_clustering),
+    "independence": _judged_only_with_seeds(_verdict_independence),
+    "sparsity": _judged_only_with_seeds(_verdict_sparsity),
 }
