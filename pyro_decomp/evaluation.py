@@ -43,11 +43,14 @@ from pyro_decomp.util import module_device
 __all__ = ["encode_in_chunks", "evaluate", "load_run", "write_figures"]
 
 
-def load_run(run_dir: str, device="cpu") -> Run:
+def load_run(run_dir: str, device="cpu", data=None) -> Run:
     """Rebuild a trained run from ``RUN_DIR/config.json`` and ``RUN_DIR/checkpoint.pt``.
 
     The network initialisation is drawn from a forked generator and the Pyro parameter store is left as it
     is, so loading a run changes neither the caller's random state nor the caller's parameters.
+
+    The data are rebuilt from the recorded source, and a file or folder that changed or vanished since is
+    refused, naming it. A run trained on data held in memory needs ``data=(train_set, test_set)`` again.
 
     :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the trained weights, in eval mode, on
         ``device``.
@@ -57,7 +60,7 @@ def load_run(run_dir: str, device="cpu") -> Run:
     checkpoint = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME), map_location=dev)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        vae, elbo, train_set, test_set = build(config)
+        vae, elbo, train_set, test_set = build(config, data=data)
     try:
         vae.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
@@ -207,6 +210,46 @@ def write_figures(
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
+def _test_labels(dataset: Dataset, y: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torch.Tensor]:
+    """Class labels of the points ``index``: the data set's ``labels`` attribute (data of one's own, which
+    may carry factors too), else integer labels ``(n,)`` as items carry them; ``None`` without."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return torch.as_tensor(labels)[index]
+    if y is not None and y.dim() == 1 and not y.is_floating_point():
+        return y
+    return None
+
+
+def _kmeans(codes: torch.Tensor, k: int, seed: int, iterations: int = 100) -> torch.Tensor:
+    """Cluster indices ``(N,)`` of Lloyd's k-means on ``codes (N, D)``, started from k distinct points
+    drawn with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    centres = codes[torch.randperm(len(codes), generator=g)[:k]].clone()
+    assignment = torch.cdist(codes, centres).argmin(-1)
+    for _ in range(iterations):
+        counts = torch.bincount(assignment, minlength=k).unsqueeze(1)
+        sums = torch.zeros_like(centres).index_add_(0, assignment, codes)
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+        new = torch.cdist(codes, centres).argmin(-1)
+        if torch.equal(new, assignment):
+            break
+        assignment = new
+    return assignment
+
+
+def _clustering(vae, codes: torch.Tensor, labels: torch.Tensor, seed: int) -> Dict[str, Any]:
+    """ARI of the labels against the clusters of the encoder means ``codes``: the nearest component of a
+    mixture prior (its ``locs``), else k-means with as many clusters as distinct labels."""
+    locs = getattr(vae.prior, "locs", None)
+    if locs is not None:
+        assignment, method = torch.cdist(codes, locs.detach().cpu().to(codes)).argmin(-1), "nearest component"
+    else:
+        k = len(labels.unique())
+        assignment, method = _kmeans(codes, min(k, len(codes)), seed), f"k-means, k={k}"
+    return {"ari": metrics.adjusted_rand_index(labels.long(), assignment), "clusters": method}
+
+
 def _finite(value):
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
@@ -231,6 +274,7 @@ def evaluate(
     seed: int = 0,
     figures: bool = True,
     progress: bool = False,
+    data=None,
 ) -> Dict[str, Any]:
     """Judge a trained run; writes ``RUN_DIR/evaluation.json`` and figures under ``RUN_DIR/figures``.
 
@@ -243,6 +287,12 @@ def evaluate(
     of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper) and MIG, on
     the encoder means of ``factor_points`` points (default all). ``progress`` shows a bar per stage on stderr.
 
+    Where the test points carry labels (pinwheel, labelled data of one's own), ``clustering`` is the
+    adjusted Rand index between them and the clusters of the encoder means: the nearest component of a
+    mixture prior, else k-means with as many clusters as labels. Data of one's own with ``factors`` get
+    the disentanglement score and MIG too. ``data``: the ``(train_set, test_set)`` of a run trained on data
+    held in memory (required for those, refused in one line without).
+
     The run directory is locked while it is evaluated, and checked for writing before any work is done.
 
     :returns: the dict written to ``evaluation.json`` (non-finite numbers as null).
@@ -252,7 +302,7 @@ def evaluate(
         check_writable(os.path.join(run_dir, FIGURES_DIR))
     with lock_run(run_dir):
         result = _measure(
-            run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress
+            run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress, data
         )
         run = result.pop("_run")
         if figures:
@@ -271,12 +321,15 @@ def evaluate(
     return result
 
 
-def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress):
-    run = load_run(run_dir, device=device)
+def _measure(
+    run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress, data=None
+):
+    run = load_run(run_dir, device=device, data=data)
     config, vae, elbo, test_set = run.config, run.vae, run.elbo, run.test_set
     dev = module_device(vae)
     pyro.set_rng_seed(seed)
-    x, _ = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
+    index = subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed))
+    x, y = take(test_set, index)
     n = len(x)
     result: Dict[str, Any] = {
         "run_dir": os.path.abspath(run_dir),
@@ -309,7 +362,7 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             "standard_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
             "num_samples": iwae_samples,
         }
-        ground_truth = hasattr(test_set, "factors_from_index")
+        ground_truth = hasattr(test_set, "factors_from_index") or getattr(test_set, "factors", None) is not None
         stages = tqdm(
             total=5 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
         )
@@ -331,6 +384,9 @@ def _measure(run_dir, device, max_points, iwae_samples, factor_points, num_votes
             ),
         }
         stages.update(1)
+        labels = _test_labels(test_set, y, index)
+        if labels is not None and len(labels.unique()) > 1:
+            result["clustering"] = _clustering(vae, codes, labels, seed)
         if ground_truth:
             index = subset_index(len(test_set), factor_points, torch.Generator().manual_seed(seed))
             fcodes, factors = encode_in_chunks(vae, test_set, index, chunk=4096, progress=progress)
