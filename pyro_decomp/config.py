@@ -185,8 +185,11 @@ def _is_json(value) -> bool:
 
 @dataclass
 class RunConfig:
-    """Every setting of a training run. Fields given as None take the data set's :data:`DATASET_DEFAULTS`,
-    so a constructed config is complete; invalid values raise :class:`ValueError` naming the field.
+    """Every setting of a training run. Fields given as None take the data set's :data:`DATASET_DEFAULTS`
+    (:data:`OWN_DATA_DEFAULTS` for one's own data, whose network, likelihood and latent size the build
+    chooses from the data), so a constructed config is complete; invalid values raise :class:`ValueError`
+    naming the field. Two fields are records, not settings, and take no part in ``==``: ``presets`` and
+    ``data_source``.
 
     The objective is the paper's eq. 7 summed over the N training points,
     L = Σ_n (E_q[log p(x_n|z)] − β KL(q(z|x_n) ‖ p(z))) − α N D(q(z), p(z)); each field's metadata
@@ -266,10 +269,12 @@ class RunConfig:
         None,
         "recorded: the fields filled from defaults, and from where (the data set's name, or 'data' for a "
         "choice made from the data's shape and range)",
+        compare=False,
     )
     data_source: Optional[Dict[str, Any]] = _setting(
         None,
         "recorded: where the data came from (kind; for a file or folder path, size, mtime and sha256)",
+        compare=False,
     )
 
     def __post_init__(self):

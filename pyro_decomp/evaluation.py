@@ -138,14 +138,15 @@ def write_figures(
     """Draw the figures that fit the run's data into ``directory``; returns ``{name: path}``.
 
     ``training_curves`` (from ``metrics.jsonl``, training and held-out), ``aggregate_posterior`` (q(z), one
-    draw per point, against p(z)), ``reconstructions``, ``samples``, ``traversals`` (images only) and
-    ``latent_magnitude`` (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all
-    that apply). The model is moved to the CPU.
+    draw per point, against p(z)), ``reconstructions`` and ``samples`` (grey or colour images, 2-D points),
+    ``traversals`` (images) and ``latent_magnitude`` (labelled data: mean |z_d| per class). ``kinds``
+    selects some of them (default: all that apply). The model is moved to the CPU.
     """
     os.makedirs(directory, exist_ok=True)
     index = subset_index(len(dataset), max_points, torch.Generator().manual_seed(seed))
     x, y = take(dataset, index)
-    images = x.dim() == 4
+    images = x.dim() == 4 and x.shape[1] in (1, 3)  # grey or colour images; other inputs are not drawn
+    drawable = images or (x.dim() == 2 and x.shape[1] == 2)  # images or 2-D points
     labels = _labels(dataset, y)
     wanted = set(kinds) if kinds is not None else None
     records = (
@@ -175,11 +176,11 @@ def write_figures(
             ),
         ),
         "reconstructions": (
-            True,
+            drawable,
             lambda: plots.plot_reconstructions(xs, shown(vae.reconstruct(xs)), path("reconstructions")),
         ),
         "samples": (
-            True,
+            drawable,
             lambda: plots.plot_samples(shown(vae.sample(64 if images else len(xs))), path("samples")),
         ),
         "traversals": (
@@ -302,7 +303,16 @@ def evaluate(
         check_writable(os.path.join(run_dir, FIGURES_DIR))
     with lock_run(run_dir):
         result = _measure(
-            run_dir, device, max_points, iwae_samples, factor_points, num_votes, votes_size, seed, progress, data
+            run_dir,
+            device,
+            max_points,
+            iwae_samples,
+            factor_points,
+            num_votes,
+            votes_size,
+            seed,
+            progress,
+            data,
         )
         run = result.pop("_run")
         if figures:
@@ -362,7 +372,9 @@ def _measure(
             "standard_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
             "num_samples": iwae_samples,
         }
-        ground_truth = hasattr(test_set, "factors_from_index") or getattr(test_set, "factors", None) is not None
+        ground_truth = (
+            hasattr(test_set, "factors_from_index") or getattr(test_set, "factors", None) is not None
+        )
         stages = tqdm(
             total=5 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
         )

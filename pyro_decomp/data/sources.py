@@ -115,7 +115,12 @@ def _digest(paths: List[str], root: Optional[str] = None) -> str:
 
 def _file_record(path: str) -> Dict[str, Any]:
     st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime, "sha256": _digest([path])}
+    return {
+        "path": os.path.abspath(path),
+        "size": st.st_size,
+        "mtime": st.st_mtime,
+        "sha256": _digest([path]),
+    }
 
 
 def _folder_images(root: str) -> Tuple[List[str], Optional[List[int]], List[str]]:
@@ -206,7 +211,8 @@ def check_source(dataset: str, record: Dict[str, Any], data=None) -> None:
         now = (len(data[0]), len(data[1]))
         if now != (record.get("train_points"), record.get("test_points")):
             raise DataSourceError(
-                f"the data passed have {now[0]} training and {now[1]} test points, but the run was trained on "
+                f"the data passed have {now[0]} training and {now[1]} test points, but the run was trained "
+                "on "
                 f"{record.get('train_points')} and {record.get('test_points')}"
             )
         return
@@ -245,11 +251,14 @@ def as_inputs(values, name: str = "x", where: str = "the data") -> torch.Tensor:
     ``(N, 1)`` and ``(N, H, W)`` becomes ``(N, 1, H, W)``. Non-finite values are refused."""
     t = torch.as_tensor(np.asarray(values) if not torch.is_tensor(values) else values)
     if t.dim() == 0 or len(t) == 0:
-        raise DataSourceError(f"{name} of {where} must be an array (N, ...) with N >= 1, got {tuple(t.shape)}")
+        raise DataSourceError(
+            f"{name} of {where} must be an array (N, ...) with N >= 1, got {tuple(t.shape)}"
+        )
     if t.dtype == torch.uint8:
         t = t.float() / 255
-    elif t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.bool, torch.int8, torch.int16,
-                                                                      torch.int32, torch.int64)):
+    elif t.is_complex() or not (
+        t.is_floating_point() or t.dtype in (torch.bool, torch.int8, torch.int16, torch.int32, torch.int64)
+    ):
         raise DataSourceError(f"{name} of {where} must be numbers (uint8 or float), got {t.dtype}")
     t = t.float()
     if not torch.isfinite(t).all():
@@ -264,8 +273,11 @@ def as_inputs(values, name: str = "x", where: str = "the data") -> torch.Tensor:
 def _integers(values, name: str, where: str, n: int, columns: bool) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(values) if not torch.is_tensor(values) else values)
     want = "(N, K)" if columns else "(N,)"
-    if t.dim() != (2 if columns else 1) or len(t) != n or t.is_floating_point() and not torch.equal(
-        t, t.round()
+    if (
+        t.dim() != (2 if columns else 1)
+        or len(t) != n
+        or t.is_floating_point()
+        and not torch.equal(t, t.round())
     ):
         raise DataSourceError(
             f"{name} of {where} must be integers of shape {want} with N = {n}, got {tuple(t.shape)} {t.dtype}"
@@ -296,7 +308,9 @@ def _read_arrays(path: str) -> Dict[str, Any]:
             raise DataSourceError(f"array file {path} holds {b!r} without {a!r}")
     for a, b in (("y", "y_test"), ("factors", "factors_test")):
         if "x_test" in arrays and (a in arrays) != (b in arrays):
-            raise DataSourceError(f"array file {path} has a test split: give both {a!r} and {b!r}, or neither")
+            raise DataSourceError(
+                f"array file {path} has a test split: give both {a!r} and {b!r}, or neither"
+            )
     return arrays
 
 
@@ -340,7 +354,9 @@ def _load_arrays(path: str, options: Dict[str, Any]) -> Tuple[ArrayData, ArrayDa
     def part(t, i):
         return None if t is None else t[i]
 
-    return ArrayData(x[train], part(y, train), part(f, train)), ArrayData(x[test], part(y, test), part(f, test))
+    return ArrayData(x[train], part(y, train), part(f, train)), ArrayData(
+        x[test], part(y, test), part(f, test)
+    )
 
 
 def _image_size(value, path: str) -> Optional[Tuple[int, int]]:
@@ -394,7 +410,9 @@ def _call_factory(spec: str, options: Dict[str, Any]) -> Tuple[Dataset, Dataset]
     try:
         out = function(**options)
     except TypeError as e:
-        raise DataSourceError(f"the data factory {spec!r} refused data options {sorted(options)}: {e}") from None
+        raise DataSourceError(
+            f"the data factory {spec!r} refused data options {sorted(options)}: {e}"
+        ) from None
     if not (
         isinstance(out, (tuple, list))
         and len(out) == 2
