@@ -13,7 +13,8 @@ Three families, as in Mathieu et al. (2019):
 * :class:`DCGANEncoder32` / :class:`DCGANDecoder32` for ``1x32x32`` images (Fashion-MNIST), with batch norm;
 
 and, for images of one's own, :class:`ConvEncoder` / :class:`ConvDecoder` for ``C x H x W`` images of any
-channel count whose sides are multiples of 4 (:func:`conv_halvings` says how many stride-2 layers fit).
+channel count whose sides are multiples of 4, at least 16 (:func:`conv_halvings` says how many stride-2 layers
+fit).
 """
 
 from __future__ import annotations
@@ -306,14 +307,14 @@ def conv_halvings(height: int, width: int) -> int:
     image: each halves both sides exactly, so L is the largest number up to 4 with H / 2^L and W / 2^L
     integers and at least 4 (64x64: 4 layers to 4x4; 28x28: 2 layers to 7x7; 32x32: 3 to 4x4).
 
-    :raises ValueError: when fewer than 2 fit (a side not a multiple of 4, or below 8).
+    :raises ValueError: when fewer than 2 fit (a side not a multiple of 4, or below 16).
     """
     layers = 0
     while layers < MAX_HALVINGS and height % 2 == 0 and width % 2 == 0 and min(height, width) >= 8:
         height, width, layers = height // 2, width // 2, layers + 1
     if layers < 2:
         raise ValueError(
-            f"the conv networks take images whose height and width are multiples of 4 and at least 8, got "
+            f"the conv networks take images whose height and width are multiples of 4 and at least 16, got "
             f"{height << layers}x{width << layers}; resize them (image folders: data option image_size) or "
             "use network mlp"
         )
