@@ -152,13 +152,19 @@ def _data_range(dataset: Dataset, chunk: int = 4096) -> Tuple[float, float]:
     return lo, hi
 
 
-def choose_from_data(config: RunConfig, train_set: Dataset, obs_shape: Tuple[int, ...]) -> None:
+def choose_from_data(
+    config: RunConfig, train_set: Dataset, obs_shape: Tuple[int, ...], test_set: Optional[Dataset] = None
+) -> None:
     """Fill the settings that one's own data leave open (``network``, ``likelihood``, ``latent_dim``)
-    from their shape and range, in place, recording each in ``config.presets`` as ``"data"``; and refuse a
-    Bernoulli likelihood for data outside [0, 1]. Built-in data sets have all three set already."""
+    from their shape and range (over the training and test points), in place, recording each in
+    ``config.presets`` as ``"data"``; and refuse a Bernoulli likelihood for data outside [0, 1]. Built-in
+    data sets have all three set already."""
     own = config.dataset not in DATASETS or (config.data_source or {}).get("kind") == "memory"
     need_range = config.likelihood is None or (own and config.likelihood == "bernoulli")
-    lo, hi = _data_range(train_set) if need_range else (0.0, 1.0)
+    lo, hi = 0.0, 1.0
+    if need_range:
+        ranges = [_data_range(d) for d in (train_set, test_set) if d is not None and len(d)]
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     chosen = {}
     if config.network is None:
         fits = len(obs_shape) == 3
@@ -209,7 +215,7 @@ def build(config: RunConfig, data: Optional[Tuple[Dataset, Dataset]] = None):
             f"the test points have shape {tuple(take(test_set, [0])[0].shape[1:])}, the training points "
             f"{obs_shape}"
         )
-    choose_from_data(config, train_set, obs_shape)
+    choose_from_data(config, train_set, obs_shape, None if test_set is train_set else test_set)
     encoder, decoder = build_networks(config, obs_shape)
     prior = build_prior_of(config, train_set)
     vae = DecompVAE(
