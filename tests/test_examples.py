@@ -117,3 +117,15 @@ def test_custom_prior_distribution_is_a_proper_density():
     assert float(z.var()) == pytest.approx(sigma2, abs=4 * sigma2 * math.sqrt(3.2 / 20000))
     assert d.expand((3, 2)).sample().shape == (3, 2)
     assert d.expand((2,)).to_event(1).log_prob(torch.zeros(5, 2)).shape == (5,)
+
+
+def test_own_data(tmp_path):
+    out = tmp_path / "out"
+    proc = run_example("own_data.py", tmp_path, "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen from the data: network mlp, likelihood normal, D = 2" in proc.stdout
+    assert f"data: {out / 'rings.npz'}" in proc.stdout  # reloaded from the file it wrote
+    results = check_outputs(
+        out, ["run/figures/reconstructions.png", "run/figures/aggregate_posterior.png"], ["ari", "iwae"]
+    )
+    assert results["test_points"] == 40 and -1.0 <= results["ari"] <= 1.0
