@@ -332,8 +332,14 @@ class RunConfig:
         return values
 
     def differences(self, other: RunConfig) -> List[str]:
-        """The names of the fields whose values differ between ``self`` and ``other``."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        """The names of the settings whose values differ between ``self`` and ``other`` (the records
+        ``presets`` and ``data_source`` are not settings: a run's data are checked against its record when it
+        is built)."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in RECORDS and getattr(self, f.name) != getattr(other, f.name)
+        ]
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-compatible dict of every field."""
