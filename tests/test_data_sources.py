@@ -41,6 +41,9 @@ def test_inputs_scale_uint8_and_add_a_channel():
     assert x.shape == (2, 1, 4, 4) and x.dtype == torch.float32
     assert torch.equal(x[:, 0], torch.from_numpy(images).float() / 255)
     assert as_inputs(np.array([1.0, 2.0, 3.0])).shape == (3, 1)
+    last = np.random.default_rng(0).integers(0, 256, (2, 8, 6, 3), dtype=np.uint8)
+    assert torch.equal(as_inputs(last), torch.from_numpy(last).permute(0, 3, 1, 2).float() / 255)
+    assert as_inputs(np.zeros((2, 3, 8, 3))).shape == (2, 3, 8, 3)  # channels first already
     with pytest.raises(DataSourceError, match="non-finite"):
         as_inputs(np.array([[0.0, np.nan]]))
 

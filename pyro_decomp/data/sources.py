@@ -14,7 +14,8 @@ run's data came from.
 * ``"memory"``: the ``(train, test)`` pair passed to ``train(config, run_dir, data=...)``.
 
 Inputs of any shape ``(N, ...)`` are read: ``(N,)`` as N one-dimensional points, ``(N, H, W)`` as
-one-channel images ``(N, 1, H, W)``, anything else as it is; ``uint8`` is divided by 255, every other type
+one-channel images ``(N, 1, H, W)``, channels-last images ``(N, H, W, C)`` (C in {1, 3, 4}, H not) as
+``(N, C, H, W)``, anything else as it is; ``uint8`` is divided by 255, every other type
 becomes float32. Without a given test split, a seeded fraction of the points is held out (``data_options``
 ``test_fraction``, default 0.2, and ``split_seed``, default 0), the same at every rebuild.
 
@@ -248,7 +249,8 @@ class ArrayData(TensorDataset):
 
 def as_inputs(values, name: str = "x", where: str = "the data") -> torch.Tensor:
     """Float32 inputs ``(N, ...)`` from an array or tensor: uint8 divided by 255; ``(N,)`` becomes
-    ``(N, 1)`` and ``(N, H, W)`` becomes ``(N, 1, H, W)``. Non-finite values are refused."""
+    ``(N, 1)``, ``(N, H, W)`` becomes ``(N, 1, H, W)``, and channels-last images ``(N, H, W, C)`` with C in
+    {1, 3, 4} (and H not) become ``(N, C, H, W)``. Non-finite values are refused."""
     t = torch.as_tensor(np.asarray(values) if not torch.is_tensor(values) else values)
     if t.dim() == 0 or len(t) == 0:
         raise DataSourceError(
@@ -267,6 +269,8 @@ def as_inputs(values, name: str = "x", where: str = "the data") -> torch.Tensor:
         t = t.unsqueeze(1)
     elif t.dim() == 3:
         t = t.unsqueeze(1)
+    elif t.dim() == 4 and t.shape[3] in (1, 3, 4) and t.shape[1] not in (1, 3, 4):
+        t = t.permute(0, 3, 1, 2)
     return t.contiguous()
 
 
