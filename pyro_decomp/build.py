@@ -10,6 +10,13 @@ shapes/dsprites → 64×64 convolutional nets and a Bernoulli likelihood, 10-D l
 32×32 nets and a Laplace likelihood (scale 0.1), 50-D latents. For ground-truth data (shapes, dSprites) the
 test set is the training set, on which the disentanglement metrics are defined; pinwheel's is an independent
 draw; Fashion-MNIST's its test split.
+
+One's own data (:mod:`pyro_decomp.data.sources`) are read from the recorded source, and what the config
+leaves open is chosen from them (:func:`choose_from_data`): an MLP for vectors, the conv pair
+(:class:`~pyro_decomp.nets.ConvEncoder`) for ``C x H x W`` images it takes; a Bernoulli likelihood for data
+in [0, 1], a Normal one otherwise; D = 10 for images and min(10, max(2, P // 2)) for P-vectors (at most P).
+:func:`build` records these choices and the data's source in the config (``presets``, ``data_source``), so
+that ``config.json`` holds the final values and a reload reads the same data or refuses.
 """
 
 from __future__ import annotations
@@ -20,23 +27,27 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from pyro_decomp import nets
-from pyro_decomp.config import RunConfig
+from pyro_decomp.config import DATASETS, RunConfig, check_network_options
 from pyro_decomp.data import DSPRITES_FILENAME, DSprites, Shapes, fashion_mnist, pinwheel
 from pyro_decomp.data.indexing import subset_index, take
+from pyro_decomp.data.sources import check_source, load_source, record_source
 from pyro_decomp.distributed import GatheredDivergence
 from pyro_decomp.divergences import build_divergence
 from pyro_decomp.elbo import DecompositionELBO
 from pyro_decomp.priors import build_prior
 from pyro_decomp.vae import DecompVAE
 
-__all__ = ["build", "build_data", "build_networks", "build_prior_of", "build_elbo"]
+__all__ = ["build", "build_data", "build_networks", "build_prior_of", "build_elbo", "choose_from_data"]
 
 PCA_POINTS = 10000  # training points whose principal variances set a "pca" prior
 
 
 def build_data(config: RunConfig) -> Tuple[Dataset, Dataset]:
-    """``(train_set, test_set)`` of ``config.dataset`` with ``config.data_options``."""
+    """``(train_set, test_set)`` of ``config.dataset`` with ``config.data_options`` (one's own data from
+    the recorded ``config.data_source`` when there is one)."""
     opts = dict(config.data_options)
+    if config.dataset not in DATASETS:
+        return load_source(config.dataset, opts, config.data_source)
     try:
         if config.dataset == "pinwheel":
             test_seed = opts.pop("test_seed", None)
@@ -77,6 +88,14 @@ def build_networks(config: RunConfig, obs_shape: Tuple[int, ...]):
         return nets.MLPEncoder(obs_shape, d, hidden=hidden), nets.MLPDecoder(
             d, obs_shape, hidden=hidden, **opts
         )
+    check_network_options(config.network, opts)
+    if config.network == "conv":
+        if len(obs_shape) != 3:
+            raise ValueError(f"network 'conv' takes images (C, H, W), but the data have shape {obs_shape}")
+        try:
+            return nets.ConvEncoder(obs_shape, d, **opts), nets.ConvDecoder(d, obs_shape, **opts)
+        except TypeError as e:
+            raise ValueError(f"bad network option for network 'conv' {sorted(opts)}: {e}") from None
     if config.network == "conv64":
         enc, dec = nets.ConvEncoder64(d, **opts), nets.ConvDecoder64(d, **opts)
     else:
@@ -121,17 +140,82 @@ def build_elbo(config: RunConfig) -> DecompositionELBO:
     )
 
 
+def _data_range(dataset: Dataset, chunk: int = 4096) -> Tuple[float, float]:
+    """The smallest and largest input value over a data set, read ``chunk`` points at a time."""
+    if isinstance(dataset, TensorDataset):
+        x = dataset.tensors[0]
+        return float(x.min()), float(x.max())
+    lo, hi = float("inf"), float("-inf")
+    for start in range(0, len(dataset), chunk):
+        x = take(dataset, torch.arange(start, min(start + chunk, len(dataset))))[0]
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    return lo, hi
+
+
+def choose_from_data(
+    config: RunConfig, train_set: Dataset, obs_shape: Tuple[int, ...], test_set: Optional[Dataset] = None
+) -> None:
+    """Fill the settings that one's own data leave open (``network``, ``likelihood``, ``latent_dim``)
+    from their shape and range (over the training and test points), in place, recording each in
+    ``config.presets`` as ``"data"``; and refuse a Bernoulli likelihood for data outside [0, 1]. Built-in
+    data sets have all three set already."""
+    own = config.dataset not in DATASETS or (config.data_source or {}).get("kind") == "memory"
+    need_range = config.likelihood is None or (own and config.likelihood == "bernoulli")
+    lo, hi = 0.0, 1.0
+    if need_range:
+        ranges = [_data_range(d) for d in (train_set, test_set) if d is not None and len(d)]
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    chosen = {}
+    if config.network is None:
+        fits = len(obs_shape) == 3
+        if fits:
+            try:
+                nets.conv_halvings(obs_shape[1], obs_shape[2])
+            except ValueError:
+                fits = False
+        chosen["network"] = "conv" if fits else "mlp"
+    if config.likelihood is None:
+        chosen["likelihood"] = "bernoulli" if 0.0 <= lo and hi <= 1.0 else "normal"
+    if config.latent_dim is None:
+        size = int(torch.tensor(obs_shape).prod())
+        chosen["latent_dim"] = 10 if len(obs_shape) == 3 else min(size, 10, max(2, size // 2))
+    for key, value in chosen.items():
+        setattr(config, key, value)
+        config.presets = {**(config.presets or {}), key: "data"}
+    if config.likelihood == "bernoulli" and not (0.0 <= lo and hi <= 1.0):
+        raise ValueError(
+            f"the bernoulli likelihood needs data in [0, 1], but the {config.dataset} data range over "
+            f"[{lo:.4g}, {hi:.4g}]; use likelihood normal or laplace"
+        )
+
+
 def build(config: RunConfig, data: Optional[Tuple[Dataset, Dataset]] = None):
     """Build ``(vae, elbo, train_set, test_set)`` for a run, as the paper sets up each data set.
 
-    ``data``: a ``(train_set, test_set)`` pair to use instead of loading ``config.dataset`` (for data sets the
-    builder does not know, such as a stand-in); networks, prior and ELBO are still chosen by ``config``.
+    ``data``: a ``(train_set, test_set)`` pair to use instead of loading ``config.dataset`` (data held in
+    memory, or a stand-in for a built-in data set); networks, prior and ELBO are still chosen by ``config``.
     Network initialisation draws from torch's global generator: seed it first for a reproducible build.
+
+    The config is completed in place, so that the run records it: ``config.data_source`` gets the data's
+    source (:func:`~pyro_decomp.data.sources.record_source`; ``"memory"`` when ``data`` is given) the first
+    time, and later builds check the data against it
+    (:func:`~pyro_decomp.data.sources.check_source`: a changed or vanished file, or in-memory data not
+    passed again, is refused in one line); settings left open are chosen by :func:`choose_from_data`.
     """
+    if config.data_source is None:
+        config.data_source = record_source(config.dataset, data)
+    else:
+        check_source(config.dataset, config.data_source, data)
     train_set, test_set = build_data(config) if data is None else data
     if len(train_set) < 2:
         raise ValueError(f"the training set has {len(train_set)} points; at least 2 are needed")
     obs_shape = tuple(take(train_set, [0])[0].shape[1:])
+    if len(test_set) and tuple(take(test_set, [0])[0].shape[1:]) != obs_shape:
+        raise ValueError(
+            f"the test points have shape {tuple(take(test_set, [0])[0].shape[1:])}, the training points "
+            f"{obs_shape}"
+        )
+    choose_from_data(config, train_set, obs_shape, None if test_set is train_set else test_set)
     encoder, decoder = build_networks(config, obs_shape)
     prior = build_prior_of(config, train_set)
     vae = DecompVAE(

@@ -24,12 +24,15 @@ from pyro_decomp.callbacks import TensorBoardCallback
 from pyro_decomp.config import (
     DATASET_DEFAULTS,
     INT_MAXIMUM,
+    OWN_DATA_DEFAULTS,
+    RECORDS,
     RESUMABLE,
     SEED_MAXIMUM,
     RunConfig,
     check_device_name,
     setting_kind,
 )
+from pyro_decomp.data.sources import source_name
 from pyro_decomp.evaluation import evaluate, write_figures
 from pyro_decomp.experiments import EXPERIMENTS, SCALES, reproduce
 from pyro_decomp.runs import (
@@ -111,6 +114,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             groups: Dict[str, List[str]] = {}
             for dataset, values in DATASET_DEFAULTS.items():
                 groups.setdefault(repr(values[action.dest]), []).append(dataset)
+            own = OWN_DATA_DEFAULTS.get(action.dest, "chosen from the data")
+            groups.setdefault(own if isinstance(own, str) else repr(own), []).append("own data")
             per = "; ".join(f"{'/'.join(names)}: {value}" for value, names in groups.items())
             return f"{text} (default: per data set -- {per})"
         if default is not argparse.SUPPRESS:
@@ -130,6 +135,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`~pyro_decomp.config.RunConfig` field, typed and checked from its metadata."""
     group = parser.add_argument_group("run settings (one per field of RunConfig)")
     for f in dataclasses.fields(RunConfig):
+        if f.name in RECORDS:  # written by the run, not set
+            continue
         kind, _ = setting_kind(f)
         flag = config_flag(f.name)
         meta = f.metadata
@@ -317,6 +324,8 @@ def _given(args) -> Dict[str, Any]:
     """The RunConfig settings given on the command line (dict settings as dicts, their values checked)."""
     given = {}
     for f in dataclasses.fields(RunConfig):
+        if f.name in RECORDS:
+            continue
         value = getattr(args, f.name)
         if value is not None:
             if setting_kind(f)[0] is dict:
@@ -328,11 +337,12 @@ def _given(args) -> Dict[str, Any]:
 
 
 def _config_from_args(args) -> RunConfig:
-    """The run's configuration: the ``--config`` file (if any), then the flags given over it."""
+    """The run's configuration: the ``--config`` file (if any), then the flags given over it. Of the file,
+    only the settings it chose are kept (not the presets of its data set, nor its data record), so a
+    ``--dataset`` flag gets that data set's presets and none of the file's."""
     values: Dict[str, Any] = {}
     if args.config:
-        values = load_config(args.config).to_dict()
-        values.pop("pyro_decomp_version", None)
+        values = load_config(args.config).given_settings()
     for key, value in _given(args).items():
         values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) and key in values else value
     return RunConfig.from_dict(values)
@@ -415,7 +425,7 @@ def _train(args, parser) -> int:
             result = resume(run_dir, changes, progress=progress, callbacks=callbacks)
         else:
             config = _config_from_args(args)
-            run_dir = args.run_dir or _default_run_dir(config.dataset)
+            run_dir = args.run_dir or _default_run_dir(source_name(config.dataset))
             callbacks = _callbacks(args, run_dir)
             result = train(config, run_dir, progress=progress, overwrite=args.overwrite, callbacks=callbacks)
     except TrainingInterrupted as e:

@@ -7,6 +7,14 @@ into the objects of the run. Every check happens in ``__post_init__``: a ``RunCo
 and complete, with every setting the data set leaves open filled in from :data:`DATASET_DEFAULTS` (the
 paper's settings, Mathieu et al., 2019, §5 and appendix).
 
+One's own data (an array file, an image folder, a ``module:function`` factory or ``"memory"``; see
+:mod:`pyro_decomp.data.sources`) take :data:`OWN_DATA_DEFAULTS`; the network, likelihood and latent size
+that fit the data are chosen from the data when :func:`pyro_decomp.build.build` first sees them. A preset
+applies only to its own data set and only to a field left unset (None); ``presets`` records which fields
+were filled and from where, so that a config file of one data set gives another none of its presets
+(:meth:`RunConfig.given_settings`). ``data_source`` records where the data came from (path, size,
+modification time, SHA-256), so that a reloaded run reads exactly the same data or refuses.
+
 A resumed run keeps its configuration except for :data:`RESUMABLE`, the settings that change how a run is
 carried out but not what it computes.
 """
@@ -21,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from pyro_decomp.data.sources import BUILTIN_DATASETS, source_kind
 from pyro_decomp.divergences import DIVERGENCE_NAMES
 from pyro_decomp.priors import PRIORS
 from pyro_decomp.vae import LIKELIHOODS
@@ -29,19 +38,29 @@ from pyro_decomp.version import __version__
 __all__ = [
     "DATASETS",
     "DATASET_DEFAULTS",
+    "OWN_DATA_DEFAULTS",
+    "RECORDS",
     "NETWORKS",
     "NETWORK_OPTIONS",
     "RESUMABLE",
     "RunConfig",
     "check_device_name",
+    "check_network_options",
     "resolve_device",
     "setting_kind",
 ]
 
-DATASETS = ("pinwheel", "shapes", "dsprites", "fashion-mnist")
-NETWORKS = ("mlp", "conv64", "dcgan32")
+DATASETS = BUILTIN_DATASETS  # the built-in data sets; `dataset` may also name one's own data
+NETWORKS = ("mlp", "conv", "conv64", "dcgan32")
 # keyword arguments each network family takes (see pyro_decomp.build)
-NETWORK_OPTIONS = {"mlp": ("hidden", "scale"), "conv64": ("hidden",), "dcgan32": ("width",)}
+NETWORK_OPTIONS = {
+    "mlp": ("hidden", "scale"),
+    "conv": ("channels", "hidden"),
+    "conv64": ("hidden",),
+    "dcgan32": ("width",),
+}
+# fields that a run records rather than a user sets: no command-line flag
+RECORDS = ("presets", "data_source")
 
 # Settings a resumed run may change: how the run is carried out (length, checkpoints, hardware), never what
 # it computes.
@@ -105,6 +124,23 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
 }
 DATASET_DEFAULTS["dsprites"] = dict(DATASET_DEFAULTS["shapes"])
 
+# One's own data: a plain VAE objective (β = 1, α = 0) with an isotropic Gaussian prior. network,
+# likelihood and latent_dim are chosen from the data by pyro_decomp.build (recorded as presets "data").
+OWN_DATA_DEFAULTS: Dict[str, Any] = {
+    "eval_every": 1,
+    "network_options": {},
+    "prior": "gaussian",
+    "likelihood_scale": 0.1,
+    "beta": 1.0,
+    "alpha": 0.0,
+    "divergence": "mmd",
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "checkpoint_every": 1,
+    "num_threads": None,
+}
+
 
 INT_MAXIMUM = 2**63 - 1  # the largest integer setting (torch's int64)
 SEED_MAXIMUM = 2**32 - 1  # NumPy's generators take 32-bit seeds
@@ -153,15 +189,24 @@ def _is_json(value) -> bool:
 
 @dataclass
 class RunConfig:
-    """Every setting of a training run. Fields given as None take the data set's :data:`DATASET_DEFAULTS`,
-    so a constructed config is complete; invalid values raise :class:`ValueError` naming the field.
+    """Every setting of a training run. Fields given as None take the data set's :data:`DATASET_DEFAULTS`
+    (:data:`OWN_DATA_DEFAULTS` for one's own data, whose network, likelihood and latent size the build
+    chooses from the data), so a constructed config is complete; invalid values raise :class:`ValueError`
+    naming the field. Two fields are records, not settings, and take no part in ``==``: ``presets`` and
+    ``data_source``.
 
     The objective is the paper's eq. 7 summed over the N training points,
     L = Σ_n (E_q[log p(x_n|z)] − β KL(q(z|x_n) ‖ p(z))) − α N D(q(z), p(z)); each field's metadata
     (``dataclasses.fields(RunConfig)[i].metadata["help"]``) says what it sets.
     """
 
-    dataset: str = _setting("pinwheel", "the data set", choices=DATASETS)
+    dataset: str = _setting(
+        "pinwheel",
+        f"the data: a built-in data set {DATASETS}, an array file (.npz with x and optional y, factors, "
+        "x_test, y_test, factors_test; .npy; .pt), an image folder (flat, or one subfolder per class), a "
+        "factory 'package.module:function' returning (train, test) Datasets, or 'memory' (data passed to "
+        "train(config, run_dir, data=...))",
+    )
     data_root: Optional[str] = _setting(
         None, "directory of the data files (dSprites, Fashion-MNIST, shapes cache)"
     )
@@ -169,7 +214,9 @@ class RunConfig:
         dict,
         "keyword arguments of the data set: pinwheel num_classes, num_per_class, radial_std, tangential_std, "
         "rate, seed, test_seed (default seed + 1, the held-out draw); shapes subsample, cache, progress; "
-        "dsprites and fashion-mnist download",
+        "dsprites and fashion-mnist download; array files test_fraction (default 0.2), split_seed (default "
+        "0); image folders also image_size (H or [H, W]; default the first image's) and mode (L or RGB); a "
+        "factory: its keyword arguments",
     )
     prior: Optional[str] = _setting(None, "the prior p(z)", choices=PRIORS)
     prior_options: Dict[str, Any] = _setting(
@@ -183,10 +230,11 @@ class RunConfig:
     )
     latent_dim: Optional[int] = _setting(None, "latent size D", minimum=0, strict=True)
     network: Optional[str] = _setting(None, "encoder/decoder family", choices=NETWORKS)
-    network_options: Dict[str, Any] = _setting(
-        dict,
+    network_options: Optional[Dict[str, Any]] = _setting(
+        None,
         "keyword arguments of the networks: mlp hidden (list of sizes) and scale (decoder: the decoder "
-        "predicts the likelihood's scale per point; global: one learnt scale); conv64 hidden; dcgan32 width",
+        "predicts the likelihood's scale per point; global: one learnt scale); conv channels (list) and "
+        "hidden; conv64 hidden; dcgan32 width",
     )
     likelihood: Optional[str] = _setting(None, "p(x|z)", choices=LIKELIHOODS)
     likelihood_scale: Optional[float] = _setting(
@@ -224,16 +272,30 @@ class RunConfig:
         minimum=0,
         strict=True,
     )
+    presets: Optional[Dict[str, Any]] = _setting(
+        None,
+        "recorded: the fields filled from defaults, and from where (the data set's name, or 'data' for a "
+        "choice made from the data's shape and range)",
+        compare=False,
+    )
+    data_source: Optional[Dict[str, Any]] = _setting(
+        None,
+        "recorded: where the data came from (kind; for a file or folder path, size, mtime and sha256)",
+        compare=False,
+    )
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {DATASETS}")
-        for key, default in DATASET_DEFAULTS[self.dataset].items():
-            value = getattr(self, key)
-            if value is None:
-                setattr(self, key, default)
-            elif isinstance(default, dict) and isinstance(value, dict):
-                setattr(self, key, {**default, **value})
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"dataset must be a string, got {self.dataset!r}")
+        if self.data_source is None or self.data_source.get("kind") not in ("array", "folder"):
+            source_kind(self.dataset)  # a recorded file or folder may have vanished: build names it
+        presets = dict(self.presets or {})
+        defaults = DATASET_DEFAULTS.get(self.dataset, OWN_DATA_DEFAULTS)
+        for key, default in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, dict(default) if isinstance(default, dict) else default)
+                presets.setdefault(key, self.dataset if self.dataset in DATASETS else "own data")
+        self.presets = presets
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             kind, optional = setting_kind(f)
@@ -257,21 +319,34 @@ class RunConfig:
             if choices is not None and value not in choices:
                 raise ValueError(f"unknown {f.name} {value!r}; expected one of {tuple(choices)}")
         check_device_name(self.device)
-        allowed = NETWORK_OPTIONS[self.network]
-        unknown = sorted(set(self.network_options) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"unknown network options {unknown} for network {self.network!r}; "
-                f"expected some of {list(allowed)}"
-            )
+        if self.network is not None:  # None: chosen from the data by build, which checks the options then
+            check_network_options(self.network, self.network_options)
 
     def replace(self, **changes) -> RunConfig:
-        """A copy with ``changes`` applied (validated like a new config)."""
+        """A copy with ``changes`` applied (validated like a new config). A change of ``dataset`` starts
+        from :meth:`given_settings`: the old data set's presets and its data record do not carry over."""
+        if "dataset" in changes and changes["dataset"] != self.dataset:
+            return RunConfig(**{**self.given_settings(), **changes})
         return dataclasses.replace(self, **changes)
 
+    def given_settings(self) -> Dict[str, Any]:
+        """The settings that were chosen rather than filled in: :meth:`to_dict` without the fields that
+        ``presets`` lists and without the records (``presets``, ``data_source``). ``RunConfig(**values)``
+        of them with another ``dataset`` takes that data set's presets, none of this one's."""
+        values = self.to_dict()
+        for key in (*RECORDS, *(self.presets or {})):
+            values.pop(key, None)
+        return values
+
     def differences(self, other: RunConfig) -> List[str]:
-        """The names of the fields whose values differ between ``self`` and ``other``."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        """The names of the settings whose values differ between ``self`` and ``other`` (the records
+        ``presets`` and ``data_source`` are not settings: a run's data are checked against its record when it
+        is built)."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in RECORDS and getattr(self, f.name) != getattr(other, f.name)
+        ]
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-compatible dict of every field."""
@@ -301,6 +376,16 @@ class RunConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"not valid JSON: {e}") from None
         return cls.from_dict(values)
+
+
+def check_network_options(network: str, options: Dict[str, Any]) -> None:
+    """A one-line ValueError for options that ``network`` does not take."""
+    allowed = NETWORK_OPTIONS[network]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown network options {unknown} for network {network!r}; expected some of {list(allowed)}"
+        )
 
 
 def setting_kind(f: dataclasses.Field) -> Tuple[type, bool]:

@@ -68,13 +68,16 @@ def _checkpoint_path(run_dir: str, checkpoint: str) -> str:
     return path
 
 
-def load_run(run_dir: str, device="cpu", checkpoint: str = "last") -> Run:
+def load_run(run_dir: str, device="cpu", checkpoint: str = "last", data=None) -> Run:
     """Rebuild a trained run from ``RUN_DIR/config.json`` and a checkpoint: ``checkpoint="last"``
     (``checkpoint.pt``, where training stopped) or ``"best"`` (``best.pt``, the epoch of lowest held-out
     loss).
 
     The network initialisation is drawn from a forked generator and the Pyro parameter store is left as it
     is, so loading a run changes neither the caller's random state nor the caller's parameters.
+
+    The data are rebuilt from the recorded source, and a file or folder that changed or vanished since is
+    refused, naming it. A run trained on data held in memory needs ``data=(train_set, test_set)`` again.
 
     :returns: a :class:`~pyro_decomp.runs.Run` whose ``vae`` holds the checkpoint's weights, in eval mode,
         on ``device``; ``epoch`` is the checkpoint's epoch and ``checkpoint`` says which one it is.
@@ -87,7 +90,7 @@ def load_run(run_dir: str, device="cpu", checkpoint: str = "last") -> Run:
     checkpoint = load_checkpoint(path, map_location=dev)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        vae, elbo, train_set, test_set = build(config)
+        vae, elbo, train_set, test_set = build(config, data=data)
     try:
         vae.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
@@ -168,15 +171,17 @@ def write_figures(
     ``training_curves`` (from ``metrics.jsonl``, training and held-out; no divergence panel when α = 0),
     ``aggregate_posterior`` (q(z), one draw per point, against p(z)), ``reconstructions`` (16 images or 400
     points in a seeded random order of a seeded random subset: from across the data set), ``samples``
-    (decoder means of prior draws; 2-D points over the data), ``traversals`` (images only: from the code of
-    the first of those random points, at the values written under the columns) and ``latent_magnitude``
+    (decoder means of prior draws; grey or colour images, 2-D points over the data), ``traversals`` (images
+    only: from the code of the first of those random points, at the values written under the columns) and
+    ``latent_magnitude``
     (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all that apply). The
     model is moved to the CPU.
     """
     os.makedirs(directory, exist_ok=True)
     index = subset_index(len(dataset), max_points, torch.Generator().manual_seed(seed))
     x, y = take(dataset, index)
-    images = x.dim() == 4
+    images = x.dim() == 4 and x.shape[1] in (1, 3)  # grey or colour images; other inputs are not drawn
+    drawable = images or (x.dim() == 2 and x.shape[1] == 2)  # images or 2-D points
     labels = _labels(dataset, y)
     wanted = set(kinds) if kinds is not None else None
     records = (
@@ -212,7 +217,7 @@ def write_figures(
             ),
         ),
         "reconstructions": (
-            True,
+            drawable,
             lambda: plots.plot_reconstructions(
                 xs,
                 shown(vae.reconstruct(xs)),
@@ -221,7 +226,7 @@ def write_figures(
             ),
         ),
         "samples": (
-            True,
+            drawable,
             lambda: plots.plot_samples(
                 shown(vae.sample(64 if images else len(xs))),
                 path("samples"),
@@ -317,6 +322,17 @@ def factor_metrics(
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
+def _test_labels(dataset: Dataset, y: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torch.Tensor]:
+    """Class labels of the points ``index``: the data set's ``labels`` attribute (data of one's own, which
+    may carry factors too), else integer labels ``(n,)`` as items carry them; ``None`` without."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return torch.as_tensor(labels)[index]
+    if y is not None and y.dim() == 1 and not y.is_floating_point():
+        return y
+    return None
+
+
 def _finite(value):
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
@@ -342,6 +358,7 @@ def evaluate(
     figures: bool = True,
     progress: bool = False,
     checkpoint: str = "last",
+    data=None,
 ) -> Dict[str, Any]:
     """Judge a trained run; writes ``RUN_DIR/evaluation.json`` and figures under ``RUN_DIR/figures``.
 
@@ -354,12 +371,17 @@ def evaluate(
     of ``votes_size`` codes; Student-t codes mapped through the prior's CDF first, as the paper), MIG and
     :func:`factor_metrics` (DCI, SAP, modularity, explicitness, β-VAE score), on the encoder means of
     ``factor_points`` points (default all), each beside its chance level (the score of random codes by the
-    same metric on the same factors). On labelled data (pinwheel, Fashion-MNIST), the adjusted Rand index of
-    the encodings' clusters. ``collapse_warning`` is a line when the encoder has collapsed (see
+    same metric on the same factors). ``collapse_warning`` is a line when the encoder has collapsed (see
     :func:`~pyro_decomp.summary.collapse_warning`), else null; ``summary`` lists the main numbers with unit
     and better direction. ``checkpoint`` chooses the weights (``"last"``: ``checkpoint.pt``; ``"best"``:
     ``best.pt``); ``checkpoint`` and ``epoch`` in the result say which were evaluated. ``progress`` shows a
     bar per stage on stderr.
+
+    Where the test points carry labels (pinwheel, Fashion-MNIST, labelled data of one's own), ``ari`` is the
+    adjusted Rand index between them and the clusters of the encoder means (see
+    :func:`~pyro_decomp.summary.cluster_ari`). Data of one's own with ``factors`` get the factor metrics
+    too. ``data``: the ``(train_set, test_set)`` of a run trained on data held in memory (required for
+    those, refused in one line without).
 
     The run directory is locked while it is evaluated, and checked for writing before any work is done.
 
@@ -380,6 +402,7 @@ def evaluate(
             seed,
             progress,
             checkpoint,
+            data,
         )
         run = result.pop("_run")
         if figures:
@@ -410,12 +433,14 @@ def _measure(
     seed,
     progress,
     checkpoint,
+    data=None,
 ):
-    run = load_run(run_dir, device=device, checkpoint=checkpoint)
+    run = load_run(run_dir, device=device, checkpoint=checkpoint, data=data)
     config, vae, elbo, test_set = run.config, run.vae, run.elbo, run.test_set
     dev = module_device(vae)
     pyro.set_rng_seed(seed)
-    x, y = take(test_set, subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed)))
+    index = subset_index(len(test_set), max_points, torch.Generator().manual_seed(seed))
+    x, y = take(test_set, index)
     n = len(x)
     result: Dict[str, Any] = {
         "run_dir": os.path.abspath(run_dir),
@@ -450,7 +475,9 @@ def _measure(
             "standard_error": float(ll.std() / math.sqrt(n)) if n > 1 else None,
             "num_samples": iwae_samples,
         }
-        ground_truth = hasattr(test_set, "factors_from_index")
+        ground_truth = (
+            hasattr(test_set, "factors_from_index") or getattr(test_set, "factors", None) is not None
+        )
         stages = tqdm(
             total=6 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
         )
@@ -460,8 +487,9 @@ def _measure(
         ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
         result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}
         result["collapse_warning"] = collapse_warning(result["overlap"])
-        if y is not None and y.dim() == 1:
-            result["ari"] = cluster_ari(codes, y, getattr(vae, "prior", None), seed=seed)
+        labels = _test_labels(test_set, y, index)
+        if labels is not None and len(labels.unique()) > 1:
+            result["ari"] = cluster_ari(codes, labels, getattr(vae, "prior", None), seed=seed)
         stages.update(1)
         result["alignment"] = {
             "divergence": config.divergence,

@@ -10,7 +10,11 @@ Three families, as in Mathieu et al. (2019):
 * :class:`MLPEncoder` / :class:`MLPDecoder` for vectors (pinwheel: one hidden layer of 100 ReLU units);
 * :class:`ConvEncoder64` / :class:`ConvDecoder64` for ``1x64x64`` images (dSprites): four 4x4 stride-2
   convolutions with 32, 32, 64, 64 channels, a 128-unit linear layer and two heads; the decoder mirrors it;
-* :class:`DCGANEncoder32` / :class:`DCGANDecoder32` for ``1x32x32`` images (Fashion-MNIST), with batch norm.
+* :class:`DCGANEncoder32` / :class:`DCGANDecoder32` for ``1x32x32`` images (Fashion-MNIST), with batch norm;
+
+and, for images of one's own, :class:`ConvEncoder` / :class:`ConvDecoder` for ``C x H x W`` images of any
+channel count whose sides are multiples of 4, at least 16 (:func:`conv_halvings` says how many stride-2 layers
+fit).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ __all__ = [
     "ConvDecoder64",
     "DCGANEncoder32",
     "DCGANDecoder32",
+    "ConvEncoder",
+    "ConvDecoder",
+    "conv_halvings",
     "positive_scale",
 ]
 
@@ -290,3 +297,102 @@ class DCGANDecoder32(nn.Module):
         if self.output == "sigmoid":
             h = torch.sigmoid(h)
         return h.reshape(*lead, *self.out_shape)
+
+
+MAX_HALVINGS = 4
+
+
+def conv_halvings(height: int, width: int) -> int:
+    """The number L of 4x4 stride-2 (padding 1) convolutions :class:`ConvEncoder` stacks on an ``H x W``
+    image: each halves both sides exactly, so L is the largest number up to 4 with H / 2^L and W / 2^L
+    integers and at least 4 (64x64: 4 layers to 4x4; 28x28: 2 layers to 7x7; 32x32: 3 to 4x4).
+
+    :raises ValueError: when fewer than 2 fit (a side not a multiple of 4, or below 16).
+    """
+    layers = 0
+    while layers < MAX_HALVINGS and height % 2 == 0 and width % 2 == 0 and min(height, width) >= 8:
+        height, width, layers = height // 2, width // 2, layers + 1
+    if layers < 2:
+        raise ValueError(
+            f"the conv networks take images whose height and width are multiples of 4 and at least 16, got "
+            f"{height << layers}x{width << layers}; resize them (image folders: data option image_size) or "
+            "use network mlp"
+        )
+    return layers
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional encoder for ``(B, C, H, W)`` images of any channel count C and sides that
+    :func:`conv_halvings` takes: L = conv_halvings(H, W) 4x4 stride-2 convolutions (channels
+    ``channels[:L]``, ReLU) to ``c x H/2^L x W/2^L``, a ``hidden``-unit linear layer and two heads for the
+    location and the scale of q(z|x). On ``1x64x64`` it is :class:`ConvEncoder64`'s architecture.
+
+    :param in_shape: ``(C, H, W)``.
+    :param latent_dim: D.
+    :param channels: output channels of the convolutions (the first L are used).
+    :param hidden: units of the linear layer.
+    """
+
+    def __init__(
+        self, in_shape: Shape, latent_dim: int, channels: Sequence[int] = (32, 32, 64, 64), hidden: int = 128
+    ):
+        super().__init__()
+        self.in_shape = _as_shape(in_shape)
+        if len(self.in_shape) != 3:
+            raise ValueError(f"ConvEncoder takes images of shape (C, H, W), got {self.in_shape}")
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        c, h, w = self.in_shape
+        layers = conv_halvings(h, w)
+        if len(channels) < layers:
+            raise ValueError(f"channels must give at least {layers} sizes for {h}x{w} images, got {channels}")
+        chans = [c, *[_check_dim("channels", k) for k in channels[:layers]]]
+        convs = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            convs += [nn.Conv2d(cin, cout, 4, 2, 1), nn.ReLU()]
+        self.conv = nn.Sequential(*convs)
+        self.fc = nn.Sequential(nn.Linear(chans[-1] * (h >> layers) * (w >> layers), hidden), nn.ReLU())
+        self.loc = nn.Linear(hidden, self.latent_dim)
+        self.raw_scale = nn.Linear(hidden, self.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_input(self, x, self.in_shape)
+        h = self.fc(self.conv(x).flatten(1))
+        return self.loc(h), positive_scale(self.raw_scale(h))
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of :class:`ConvEncoder`: ``z (..., D) -> (..., C, H, W)``, a linear map to
+    ``channels[0] x H/2^L x W/2^L`` and L 4x4 stride-2 transposed convolutions, each doubling both sides
+    exactly. The output is unconstrained: logits for a Bernoulli likelihood, a location for a Normal or
+    Laplace one.
+    """
+
+    def __init__(
+        self, latent_dim: int, out_shape: Shape, channels: Sequence[int] = (64, 64, 32, 32), hidden: int = 128
+    ):
+        super().__init__()
+        self.out_shape = _as_shape(out_shape)
+        if len(self.out_shape) != 3:
+            raise ValueError(f"ConvDecoder makes images of shape (C, H, W), got {self.out_shape}")
+        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        c, h, w = self.out_shape
+        layers = conv_halvings(h, w)
+        if len(channels) < layers:
+            raise ValueError(f"channels must give at least {layers} sizes for {h}x{w} images, got {channels}")
+        chans = [*[_check_dim("channels", k) for k in channels[len(channels) - layers :]], c]
+        self.start = (chans[0], h >> layers, w >> layers)
+        self.fc = nn.Sequential(
+            nn.Linear(self.latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, math.prod(self.start)), nn.ReLU()
+        )
+        deconvs = []
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
+            deconvs.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1))
+            if i < len(chans) - 2:
+                deconvs.append(nn.ReLU())
+        self.deconv = nn.Sequential(*deconvs)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_latent(self, z, self.latent_dim)
+        lead = z.shape[:-1]
+        h = self.fc(z.reshape(-1, self.latent_dim)).reshape(-1, *self.start)
+        return self.deconv(h).reshape(*lead, *self.out_shape)

@@ -37,6 +37,7 @@ import torch
 
 from pyro_decomp._atomic import UnsafePathError, atomic_open, open_no_follow
 from pyro_decomp.config import RunConfig
+from pyro_decomp.data.indexing import subset_index, take
 from pyro_decomp.run_files import (
     ASIDE_NAME,
     BEST_NAME,
@@ -151,6 +152,16 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(run_dir={self.run_dir!r}, dataset={self.config.dataset!r}, epoch={self.epoch})"
+
+    def test_data(self, n: Optional[int] = None, seed: int = 0):
+        """``(x, y)``: the inputs ``(n, *obs_shape)`` of ``n`` held-out points (all of them when ``n`` is
+        None, else a subset drawn with ``seed``, in the data's order) and their labels ``(n,)`` or factors
+        ``(n, K)``, or ``None``; the same for every data set, built-in or one's own. Ground-truth data sets
+        (shapes, dSprites) are held out from nothing: their test set is the training set."""
+        if self.test_set is None:
+            raise ValueError(f"{self!r} holds no test set")
+        index = subset_index(len(self.test_set), n, torch.Generator().manual_seed(seed))
+        return take(self.test_set, index)
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -67,3 +67,29 @@ def test_resolve_device():
             config_module.resolve_device("cuda")
     with pytest.raises(ValueError, match="tpu"):
         config_module.resolve_device("tpu")
+
+
+def test_presets_apply_only_to_unset_fields_of_their_own_data_set():
+    # pinwheel's decoder-scale preset is not merged into options the user gave
+    assert RunConfig(network_options={"hidden": [16]}).network_options == {"hidden": [16]}
+    assert RunConfig().network_options == {"scale": "decoder"}
+    fashion = RunConfig(dataset="fashion-mnist", prior="gaussian")
+    assert "prior" not in fashion.presets and fashion.presets["network"] == "fashion-mnist"
+    # a change of data set takes none of the old one's presets
+    own = fashion.replace(dataset="rings.npz")
+    assert own.prior == "gaussian"  # chosen, so kept
+    assert (own.network, own.likelihood, own.latent_dim) == (None, None, None)  # chosen from the data later
+    assert (own.alpha, own.network_options, own.batch_size) == (0.0, {}, 64)
+    assert set(own.presets.values()) == {"own data"}
+    assert fashion.given_settings()["prior"] == "gaussian" and "network" not in fashion.given_settings()
+
+
+def test_records_survive_json_and_take_no_part_in_equality():
+    config = RunConfig(dataset="rings.npz", data_source={"kind": "array", "path": "/r.npz", "sha256": "0"})
+    again = RunConfig.from_json(config.to_json())
+    assert again.data_source == config.data_source and again.presets == config.presets
+    assert again == config.replace(data_source=None)
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; expected one of .*'memory'"):
+        RunConfig(dataset="mnist")
+    with pytest.raises(ValueError, match="unknown network options \\['width'\\] for network 'conv'"):
+        RunConfig(dataset="rings.npz", network="conv", network_options={"width": 3})

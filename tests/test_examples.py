@@ -130,3 +130,15 @@ def test_flow_prior(tmp_path):
     )
     assert results["flow"]["flow_parameter_change"] > 0.0  # the flow given as a distribution was trained
     assert "learnt flow" in proc.stdout
+
+
+def test_own_data(tmp_path):
+    out = tmp_path / "out"
+    proc = run_example("own_data.py", tmp_path, "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen from the data: network mlp, likelihood normal, D = 2" in proc.stdout
+    assert f"data: {out / 'rings.npz'}" in proc.stdout  # reloaded from the file it wrote
+    results = check_outputs(
+        out, ["run/figures/reconstructions.png", "run/figures/aggregate_posterior.png"], ["ari", "iwae"]
+    )
+    assert results["test_points"] == 40 and -1.0 <= results["ari"] <= 1.0

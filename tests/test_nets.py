@@ -2,12 +2,15 @@ import pytest
 import torch
 
 from pyro_decomp.nets import (
+    ConvDecoder,
     ConvDecoder64,
+    ConvEncoder,
     ConvEncoder64,
     DCGANDecoder32,
     DCGANEncoder32,
     MLPDecoder,
     MLPEncoder,
+    conv_halvings,
 )
 
 CASES = [
@@ -111,3 +114,30 @@ def test_mlp_decoder_scale_never_underflows():
 def test_mlp_decoder_bad_scale_option_named():
     with pytest.raises(ValueError, match=r"scale must be one of \('global', 'decoder'\), got 'pixel'"):
         MLPDecoder(2, 3, scale="pixel")
+
+
+@pytest.mark.parametrize("obs", [(1, 28, 28), (3, 28, 28), (3, 64, 64), (2, 32, 48), (1, 16, 16)])
+def test_conv_pair_takes_any_channels_and_sizes_it_can(obs):
+    enc, dec = ConvEncoder(obs, 5), ConvDecoder(5, obs)
+    x = torch.rand(3, *obs)
+    loc, scale = enc(x)
+    assert loc.shape == scale.shape == (3, 5) and (scale > 0).all()
+    assert dec(loc).shape == (3, *obs) and dec(torch.randn(2, 3, 5)).shape == (2, 3, *obs)
+
+
+def test_conv_halvings_and_refusals():
+    assert [conv_halvings(s, s) for s in (16, 28, 32, 64, 128)] == [2, 2, 3, 4, 4]
+    for h, w in ((27, 27), (28, 30), (8, 8), (12, 12)):
+        with pytest.raises(ValueError, match=f"got {h}x{w}; resize them") as e:
+            ConvEncoder((3, h, w), 4)
+        assert "\n" not in str(e.value)
+
+
+def test_conv_on_64x64_is_the_conv64_architecture():
+    # the same layers, parameter for parameter, as the paper's dSprites encoder and decoder
+    for ours, papers in (
+        (ConvEncoder((1, 64, 64), 10), ConvEncoder64(10)),
+        (ConvDecoder(10, (1, 64, 64)), ConvDecoder64(10)),
+    ):
+        shapes = [tuple(p.shape) for p in ours.parameters()]
+        assert shapes == [tuple(p.shape) for p in papers.parameters()]

@@ -304,3 +304,29 @@ def test_hints_are_shell_quoted():
     assert runs.restart_command("my runs/a b") == (
         "pyro-decomp train --config 'my runs/a b/config.json' --run-dir 'my runs/a b' --overwrite"
     )
+
+
+def test_test_data_is_one_way_for_every_data_set():
+    from pyro_decomp.config import RunConfig
+    from pyro_decomp.runs import Run
+
+    config = tiny()
+    _, _, _, test_set = build(config)
+    run = Run(vae=None, config=config, elbo=None, test_set=test_set)
+    x, y = run.test_data()
+    assert torch.equal(x, test_set.tensors[0]) and torch.equal(y, test_set.tensors[1])
+    x5, y5 = run.test_data(5, seed=1)
+    rows = [int((test_set.tensors[0] == r).all(1).nonzero()) for r in x5]
+    assert len(set(rows)) == 5 and rows == sorted(rows) and torch.equal(y5, test_set.tensors[1][rows])
+    # a ground-truth image set, which has no .tensors: its images and factor indices
+    shapes = RunConfig(
+        dataset="shapes",
+        data_options={
+            "subsample": {"scale": 6, "orientation": 40, "position_x": 16, "position_y": 16},
+            "cache": False,
+        },
+    )
+    _, _, _, grid = build(shapes)
+    x, factors = Run(vae=None, config=shapes, elbo=None, test_set=grid).test_data(4)
+    assert x.shape == (4, 1, 64, 64) and factors.shape == (4, 5)
+    assert torch.equal(x, grid.images_at(torch.tensor([int(i) for i in grid.index_from_factors(factors)])))
