@@ -85,7 +85,7 @@ FLOORS = [
     ["priors", "marginals", "elbo", "metrics", "label_placement", "plots"],
     ["vae"],
     ["config", "build", "runs"],
-    ["trainer", "callbacks", "training", "evaluation"],
+    ["trainer", "callbacks", "training", "evaluation", "sweeps"],
     ["experiments"],
     ["cli", "__main__"],
 ]
