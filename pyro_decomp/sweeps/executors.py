@@ -38,7 +38,16 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-__all__ = ["EXTRAS", "Dask", "Local", "ResumableTask", "Submitit", "die_with_parent", "require"]
+__all__ = [
+    "EXTRAS",
+    "Dask",
+    "Local",
+    "ResumableTask",
+    "Submitit",
+    "SweepIncomplete",
+    "die_with_parent",
+    "require",
+]
 
 Done = Callable[[int, Any], Optional[bool]]
 
@@ -46,6 +55,10 @@ Done = Callable[[int, Any], Optional[bool]]
 EXTRAS = {"submitit": "sweep-slurm", "dask.distributed": "sweep-dask"}
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class SweepIncomplete(RuntimeError):
+    """Tasks were interrupted or lost; their runs keep their checkpoints and the same call resumes them."""
 
 
 def require(module: str):
@@ -139,7 +152,7 @@ class Local:
                 return
             except BrokenProcessPool:
                 if attempt == self.retries:
-                    raise RuntimeError(
+                    raise SweepIncomplete(
                         f"a worker process died {attempt + 1} times; {len(remaining)} task(s) unfinished "
                         "(each resumes from its checkpoint when the same command runs again)"
                     ) from None

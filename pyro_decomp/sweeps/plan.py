@@ -24,11 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from pyro_decomp.config import RunConfig, setting_kind
 from pyro_decomp.runs import check_writable, write_json
-from pyro_decomp.sweeps.executors import Local
+from pyro_decomp.sweeps.executors import Local, SweepIncomplete
 from pyro_decomp.sweeps.summary import METRIC_NAMES, write_summary
 from pyro_decomp.sweeps.tasks import MEASURE_DEFAULTS, RunTask, read_result, run_task
 
-__all__ = ["parse_grid", "parse_seeds", "plan", "sweep"]
+__all__ = ["SweepIncomplete", "parse_grid", "parse_seeds", "plan", "sweep"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9.+=-]")
 
@@ -172,7 +172,8 @@ def sweep(
         figure without a grid).
     :param threads: torch threads of each run (the same number gives bitwise the same results).
     :returns: the summary (also ``OUT/summary.json``).
-    :raises RuntimeError: when runs were interrupted or lost (their checkpoints kept; the same call resumes).
+    :raises SweepIncomplete: when runs were interrupted or lost (their checkpoints kept; the same call
+        resumes them).
     """
     log = log or (lambda line: None)
     tasks = plan(base, grid, seeds, out, measure, threads)
@@ -207,13 +208,13 @@ def sweep(
         executor = executor or Local(workers=2, log=log)
         executor.run(run_task, todo, done)
     if stopped:
-        raise RuntimeError(
+        raise SweepIncomplete(
             f"{len(stopped)} run(s) interrupted with a checkpoint ({stopped[0]}); run again to resume"
         )
     records = [read_result(t) for t in tasks]
     missing = [t.name for t, r in zip(tasks, records) if r is None]
     if missing:
-        raise RuntimeError(
+        raise SweepIncomplete(
             f"{len(missing)} run(s) have no result ({missing[0]}, ...); run again to finish them"
         )
     return write_summary(records, list(grid), list(seeds), out, metric=metric, against=against)
