@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (default: torch's own; 1 is best on a shared CPU)",
     )
+    _add_executor_flags(r, workers=False)
     r.set_defaults(func=_reproduce, subparser=r)
     _add_sweep_parser(sub)
     return parser
@@ -432,7 +433,9 @@ def _summary(result: Dict[str, Any]):
 def _reproduce(args, parser) -> int:
     """Exit status: 0 when the report is written, 2 for a bad setting, 130 when interrupted (finished and
     interrupted runs keep their checkpoints, and the same command resumes them)."""
+    executor = None
     try:
+        executor = _sweep_executor(args, in_process=True)
         path = reproduce(
             args.experiment,
             args.scale,
@@ -442,13 +445,20 @@ def _reproduce(args, parser) -> int:
             progress=args.progress,
             threads=args.threads,
             workers=args.workers,
+            executor=executor,
         )
     except TrainingInterrupted as e:
         print(f"pyro-decomp: {e}; run the same command again to resume", file=sys.stderr)
         return 128 + int(e.signal)
-    except (ValueError, OSError, CheckpointError, RunLocked) as e:
+    except SweepIncomplete as e:
+        print(f"pyro-decomp: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, CheckpointError, RunLocked, ImportError) as e:
         print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)
         return 2
+    finally:
+        if isinstance(executor, Dask):
+            executor.close()
     print(f"report written to {path}")
     return 0
 
@@ -476,14 +486,37 @@ def _add_sweep_parser(sub) -> None:
     w.add_argument("--seeds", metavar="SEEDS", help="training seeds, e.g. 0-4 or 0,2,5 (default: --seed)")
     w.add_argument("--config", metavar="FILE", help="base settings from a config file (flags apply over it)")
     w.add_argument("--dry-run", action="store_true", help="list the runs and their directories, run nothing")
-    how = w.add_argument_group("where the runs go")
-    how.add_argument("--executor", choices=("local", "slurm", "dask"), default="local", help="the backend")
-    how.add_argument(
-        "--workers",
-        type=_number(int, "workers", 0, strict=True),
-        default=2,
-        help="local: processes at a time",
+    _add_executor_flags(w, workers=True)
+    meas = w.add_argument_group("measurement of each run (pyro-decomp evaluate's settings)")
+    meas.add_argument("--eval-points", type=_number(int, "eval-points", 0, strict=True), default=1000)
+    meas.add_argument("--iwae-samples", type=_number(int, "iwae-samples", 0, strict=True), default=100)
+    meas.add_argument("--factor-points", type=_number(int, "factor-points", 0, strict=True), default=None)
+    meas.add_argument("--num-votes", type=_number(int, "num-votes", 0, strict=True), default=20000)
+    meas.add_argument(
+        "--plot",
+        metavar="METRIC",
+        default="iwae_log_likelihood",
+        choices=METRIC_NAMES,
+        help="metric of the figure",
     )
+    meas.add_argument(
+        "--against", metavar="FIELD", help="grid field of the figure's x axis (default: the first)"
+    )
+    _add_config_flags(w)
+    w.set_defaults(func=_sweep, subparser=w)
+
+
+def _add_executor_flags(parser, workers: bool) -> None:
+    """The flags that choose where the runs of ``sweep`` and ``reproduce`` go."""
+    how = parser.add_argument_group("where the runs go")
+    how.add_argument("--executor", choices=("local", "slurm", "dask"), default="local", help="the backend")
+    if workers:
+        how.add_argument(
+            "--workers",
+            type=_number(int, "workers", 0, strict=True),
+            default=2,
+            help="local: processes at a time",
+        )
     how.add_argument(
         "--retries",
         type=_number(int, "retries", 0),
@@ -508,29 +541,13 @@ def _add_sweep_parser(sub) -> None:
         "--slurm-cluster",
         choices=("slurm", "local"),
         default=None,
-        help="slurm: submitit's cluster (default: SLURM when sbatch is found; local: local processes)",
+        help="slurm: submitit's cluster (default slurm; local: the jobs as local processes, a check "
+        "without a cluster)",
     )
     how.add_argument("--scheduler", metavar="ADDRESS", help="dask: the scheduler, e.g. tcp://host:8786")
-    meas = w.add_argument_group("measurement of each run (pyro-decomp evaluate's settings)")
-    meas.add_argument("--eval-points", type=_number(int, "eval-points", 0, strict=True), default=1000)
-    meas.add_argument("--iwae-samples", type=_number(int, "iwae-samples", 0, strict=True), default=100)
-    meas.add_argument("--factor-points", type=_number(int, "factor-points", 0, strict=True), default=None)
-    meas.add_argument("--num-votes", type=_number(int, "num-votes", 0, strict=True), default=20000)
-    meas.add_argument(
-        "--plot",
-        metavar="METRIC",
-        default="iwae_log_likelihood",
-        choices=METRIC_NAMES,
-        help="metric of the figure",
-    )
-    meas.add_argument(
-        "--against", metavar="FIELD", help="grid field of the figure's x axis (default: the first)"
-    )
-    _add_config_flags(w)
-    w.set_defaults(func=_sweep, subparser=w)
 
 
-def _sweep_executor(args):
+def _sweep_executor(args, in_process: bool = False):
     if args.executor == "slurm":
         return Submitit(
             os.path.join(args.out, "submitit"),
@@ -540,13 +557,13 @@ def _sweep_executor(args):
             cpus_per_task=args.cpus_per_task,
             array_parallelism=args.array_parallelism,
             retries=args.retries,
-            cluster=args.slurm_cluster,
+            cluster=args.slurm_cluster or "slurm",
         )
     if args.executor == "dask":
         if not args.scheduler:
             raise ValueError("--executor dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
         return Dask(args.scheduler, retries=args.retries)
-    return Local(workers=args.workers, retries=args.retries, log=print)
+    return Local(workers=args.workers, retries=args.retries, in_process=in_process, log=print)
 
 
 def _sweep(args, parser) -> int:

@@ -168,7 +168,7 @@ def run_experiment(
     result["runs"] = [outcomes[(arm.name, seed)][0] for arm, seed in jobs]
     kept = {arm.name: outcomes[(arm.name, config.seeds[0])][1] for arm in config.arms}
     result["seconds"] = time.perf_counter() - start
-    result["workers"] = executor.workers if isinstance(executor, Local) else None
+    result["workers"] = min(executor.workers, len(jobs)) if isinstance(executor, Local) else None
     result["figures"] = summary_figures(config, result, figures, kept)
     try:
         result["verdict"] = VERDICTS[config.name](result)

@@ -235,8 +235,8 @@ class Submitit:
     :param cpus_per_task: CPUs of each job.
     :param array_parallelism: jobs of the array running at a time.
     :param retries: requeues after pre-emption or time-out (submitit's ``max_num_timeout``).
-    :param cluster: ``None`` (submitit picks SLURM where it is installed), ``"slurm"``, or ``"local"``
-        (local processes, for a check without a cluster).
+    :param cluster: ``"slurm"``, ``"local"`` (local processes, for a check without a cluster) or ``None``
+        (submitit's choice: SLURM where ``srun`` is found, else local processes).
     :param parameters: further ``AutoExecutor.update_parameters`` settings (``slurm_account``, ``mem_gb``...).
     """
 
@@ -254,9 +254,13 @@ class Submitit:
         **parameters,
     ):
         self.submitit = require("submitit")
-        self.executor = self.submitit.AutoExecutor(
-            folder=str(folder), cluster=cluster, slurm_max_num_timeout=_check_count("retries", retries, 0)
-        )
+        retries = _check_count("retries", retries, 0)
+        try:
+            self.executor = self.submitit.AutoExecutor(
+                folder=str(folder), cluster=cluster, slurm_max_num_timeout=retries
+            )
+        except RuntimeError as e:  # e.g. no srun: not on a SLURM cluster
+            raise ValueError(f"submitit cannot submit to {cluster or 'a cluster'} here: {e}") from None
         settings = dict(
             slurm_partition=partition,
             timeout_min=timeout_min,
