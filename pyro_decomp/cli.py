@@ -31,7 +31,16 @@ from pyro_decomp.runs import (
     RunLocked,
     load_config,
 )
-from pyro_decomp.sweeps import METRIC_NAMES, Dask, Local, Submitit, SweepIncomplete, parse_grid, parse_seeds
+from pyro_decomp.sweeps import (
+    METRIC_NAMES,
+    Dask,
+    Local,
+    RunFailed,
+    Submitit,
+    SweepIncomplete,
+    parse_grid,
+    parse_seeds,
+)
 from pyro_decomp.sweeps import plan as sweep_plan
 from pyro_decomp.sweeps import sweep as run_sweep
 from pyro_decomp.training import NonFiniteLossError, TrainingInterrupted, resume, train
@@ -602,6 +611,9 @@ def _sweep(args, parser) -> int:
         )
     except SweepIncomplete as e:
         print(f"pyro-decomp: {e}", file=sys.stderr)
+        return 1
+    except RunFailed as e:
+        print(f"pyro-decomp: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError, ImportError, CheckpointError, RunLocked) as e:
         print(f"pyro-decomp: error: {_message(e)}", file=sys.stderr)

@@ -22,7 +22,7 @@ from tiny import tiny
 
 from pyro_decomp.cli import main
 from pyro_decomp.config import RunConfig
-from pyro_decomp.sweeps import Local, parse_grid, parse_seeds, plan, sweep
+from pyro_decomp.sweeps import Local, RunFailed, parse_grid, parse_seeds, plan, sweep
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the processes in /proc")
 GRID = {"beta": [0.5, 2.0]}
@@ -184,7 +184,9 @@ def test_a_run_directory_of_another_configuration_is_refused(reference, tmp_path
     out, _ = reference
     other = tmp_path / "other"
     shutil.copytree(out / "runs" / "beta=0.5_seed=0", other / "runs" / "beta=0.5_seed=0")
-    with pytest.raises(ValueError, match="holds a run of another configuration .*lr"):
+    with pytest.raises(
+        RunFailed, match="beta=0.5_seed=0 failed: .* holds a run of another configuration .*lr"
+    ):
         sweep(base(lr=0.5), {"beta": [0.5]}, [0], other, executor=Local(1, in_process=True), log=None)
 
 

@@ -4,12 +4,13 @@
 from pyro_decomp.sweeps.executors import Dask, Local, Submitit, SweepIncomplete, die_with_parent
 from pyro_decomp.sweeps.plan import parse_grid, parse_seeds, plan, sweep
 from pyro_decomp.sweeps.summary import METRIC_NAMES, write_summary
-from pyro_decomp.sweeps.tasks import RunTask, run_task
+from pyro_decomp.sweeps.tasks import RunFailed, RunTask, run_task
 
 __all__ = [
     "METRIC_NAMES",
     "Dask",
     "Local",
+    "RunFailed",
     "RunTask",
     "SweepIncomplete",
     "Submitit",

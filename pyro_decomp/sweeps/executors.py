@@ -52,7 +52,7 @@ __all__ = [
 Done = Callable[[int, Any], Optional[bool]]
 
 #: the optional extra that installs each backend's package
-EXTRAS = {"submitit": "sweep-slurm", "dask.distributed": "sweep-dask"}
+EXTRAS = {"submitit": "sweep-slurm", "dask": "sweep-dask"}
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -68,7 +68,7 @@ def require(module: str):
     except ImportError:
         raise ImportError(
             f"the {module.split('.')[0]} backend needs {module!r}: "
-            f"pip install 'pyro-decomp[{EXTRAS[module]}]'"
+            f"pip install 'pyro-decomp[{EXTRAS[module.split('.')[0]]}]'"
         ) from None
 
 

@@ -38,7 +38,14 @@ from pyro_decomp.runs import (
 )
 from pyro_decomp.training import TrainingInterrupted, resume, train
 
-__all__ = ["RunTask", "flatten_evaluation", "read_result", "run_task"]
+__all__ = ["RunFailed", "RunTask", "flatten_evaluation", "read_result", "run_task"]
+
+
+class RunFailed(RuntimeError):
+    """A run of a sweep failed (a non-finite loss, a damaged checkpoint, a run directory of another
+    configuration...): one line that names the run. A plain exception, so that it crosses process and
+    machine boundaries intact."""
+
 
 # one run at a time in a process: Pyro's parameter store and torch's thread setting are per process
 _ONE_RUN = threading.Lock()
@@ -134,8 +141,9 @@ def run_task(task: RunTask) -> Dict[str, Any]:
     ``name``, ``values``, ``run_dir``, ``config``, ``metrics`` (the evaluation's numbers, and the last
     epoch's training loss components as ``train_<name>``), ``epoch`` and ``train_seconds``.
 
-    A run stopped by SIGINT/SIGTERM comes back as ``{"name": ..., "interrupted": message}`` (its
-    checkpoint written), since the exception does not cross process boundaries.
+    A run that fails raises :class:`RunFailed`. A run stopped by SIGINT/SIGTERM comes back as
+    ``{"name": ..., "interrupted": message}`` (its checkpoint written): that exception does not cross
+    process boundaries.
     """
     with _ONE_RUN:
         done = read_result(task)
@@ -146,9 +154,12 @@ def run_task(task: RunTask) -> Dict[str, Any]:
             torch.set_num_threads(task.threads)
         try:
             _train_or_resume(task, config)
+            evaluation = evaluate(task.run_dir, **{**task.measure, "figures": False})
         except TrainingInterrupted as e:
             return {"name": task.name, "interrupted": str(e)}
-        evaluation = evaluate(task.run_dir, **{**task.measure, "figures": False})
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            raise RunFailed(f"run {task.name} failed: {lines[0] if lines else type(e).__name__}") from None
         log = read_metrics(task.run_dir)
         last = log[-1] if log else {}
         metrics = flatten_evaluation(evaluation)
