@@ -7,6 +7,7 @@ sweep (worker processes, Dask, submitit, killed and resumed) must give bitwise t
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import statistics
@@ -186,8 +187,11 @@ def test_a_run_directory_of_another_configuration_is_refused(reference, tmp_path
     shutil.copytree(out / "runs" / "beta=0.5_seed=0", other / "runs" / "beta=0.5_seed=0")
     with pytest.raises(
         RunFailed, match="beta=0.5_seed=0 failed: .* holds a run of another configuration .*lr"
-    ):
+    ) as raised:
         sweep(base(lr=0.5), {"beta": [0.5]}, [0], other, executor=Local(1, in_process=True), log=None)
+    # the error crosses process boundaries intact (worker processes, Dask and submitit pickle it)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert type(copy) is RunFailed and str(copy) == str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------- kills
