@@ -23,7 +23,9 @@ from tiny import tiny
 
 from pyro_decomp.cli import main
 from pyro_decomp.config import RunConfig
+from pyro_decomp.runs import read_metrics
 from pyro_decomp.sweeps import Local, RunFailed, parse_grid, parse_seeds, plan, sweep
+from pyro_decomp.training import train
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the processes in /proc")
 GRID = {"beta": [0.5, 2.0]}
@@ -331,6 +333,34 @@ def test_a_worker_killed_mid_run_is_retried_and_resumes(long_reference, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- backends
+class StopAfter:
+    """Ends training after ``epoch`` epochs, with a checkpoint (as a pre-empted job leaves a run)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, record):
+        trainer.should_stop = trainer.epoch >= self.epoch
+
+
+def test_submitits_checkpoint_hook_resubmits_the_task_which_resumes(reference, tmp_path):
+    """What submitit requeues after a pre-emption or time-out (``checkpoint``'s DelayedSubmission) resumes
+    the run from its checkpoint and measures what the uninterrupted sweep measured."""
+    pytest.importorskip("submitit")
+    from pyro_decomp.sweeps.executors import ResumableTask
+    from pyro_decomp.sweeps.tasks import run_task
+
+    _, expected = reference
+    (task,) = plan(base(), {"beta": [0.5]}, [1], tmp_path, MEASURE)
+    train(RunConfig.from_dict(task.config), task.run_dir, progress=False, callbacks=[StopAfter(2)])
+    assert len(read_metrics(task.run_dir)) == 2  # stopped half-way
+    delayed = ResumableTask(run_task).checkpoint(task)
+    assert isinstance(delayed.function, ResumableTask) and delayed.args == (task,)
+    record = delayed.result()  # what the requeued job runs
+    assert len(read_metrics(task.run_dir)) == 4
+    assert record["metrics"] == metrics_of(expected)["beta=0.5_seed=1"]
+
+
 @pytest.mark.slow
 def test_local_processes_dask_and_submitit_give_bitwise_the_same_metrics(reference, tmp_path):
     _, expected = reference
