@@ -3,10 +3,14 @@
 import json
 import math
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from test_sweep import LINUX, descendants, wait_gone
 
 from pyro_decomp.cli import build_parser
 from pyro_decomp.experiments import experiment_config, reproduce, run_experiment
@@ -145,3 +149,22 @@ def test_reproduce_resumes_finished_runs_and_evaluates_the_same(smoke_report):
         old = before[(run["arm"], run["seed"])]
         assert run["metrics"] == old["metrics"]  # same weights (no retraining), same evaluation draws
         assert run["train_seconds"] == old["train_seconds"]
+
+
+@LINUX
+def test_reproduce_workers_die_with_their_parent_on_sigkill(tmp_path):
+    """``kill -9`` of ``pyro-decomp reproduce --workers 2`` while its workers train: both workers and
+    multiprocessing's resource tracker exit too (no process is left re-parented to init)."""
+    command = [sys.executable, "-m", "pyro_decomp", "reproduce", "clustering", "--scale", "smoke"]
+    command += ["--out", str(tmp_path), "--workers", "2"]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "clustering" / "runs"
+    deadline = time.monotonic() + 300
+    # both workers have started a run (each holds a run directory's lock)
+    while len(list(runs.glob("*/.lock"))) < 2 and parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = descendants(parent.pid)
+    parent.kill()
+    parent.wait()
+    assert len(children) >= 3, children  # two workers and the resource tracker
+    assert not wait_gone(children), "orphaned processes"

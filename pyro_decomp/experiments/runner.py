@@ -1,12 +1,14 @@
 """Running the paper's experiments: every arm with every seed, measured, judged and written as a report.
 
-The runs of an experiment are independent, so :func:`run_experiment` measures ``workers`` of them at a time,
-each in a process of its own with one torch thread (a ``ProcessPoolExecutor`` on the ``spawn`` start method:
-torch and ``fork`` do not mix). A worker trains, measures and draws one run with
-:func:`~pyro_decomp.experiments.measure.measure_run`, exactly as one process does with ``workers=1``, and
-hands back its record; the results do not depend on the number of workers (with one thread per run). As
-with any ``spawn`` pool, a script that calls :func:`reproduce` or :func:`run_experiment` with ``workers > 1``
-must do so under ``if __name__ == "__main__":`` (each worker imports the script's main module).
+The runs of an experiment are independent tasks, run by the sweeps' executors
+(:mod:`pyro_decomp.sweeps.executors`): by default :func:`run_experiment` measures ``workers`` of them at a
+time, each in a local process of its own with one torch thread, which dies with this process however it
+dies; a SLURM (submitit) or Dask executor may be passed instead. A task trains, measures and draws one run
+with :func:`~pyro_decomp.experiments.measure.measure_run`, exactly as one process does with ``workers=1``,
+and hands back its record; the results do not depend on the number of workers (with one thread per run),
+and a task killed and tried again resumes from its checkpoint. As with any ``spawn`` pool, a script that
+calls :func:`reproduce` or :func:`run_experiment` with ``workers > 1`` must do so under
+``if __name__ == "__main__":`` (each worker imports the script's main module).
 
 Ctrl-C at a terminal reaches every worker: each trainer finishes its step and writes a checkpoint, runs
 being measured finish, no further run starts, and :class:`~pyro_decomp.training.TrainingInterrupted` is
@@ -16,10 +18,8 @@ raised. The same call resumes.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +29,7 @@ from pyro_decomp.experiments.configs import EXPERIMENTS, Arm, ExperimentConfig, 
 from pyro_decomp.experiments.measure import measure_run
 from pyro_decomp.experiments.report import command, summary_figures, write_report
 from pyro_decomp.experiments.verdicts import CLAIMS, VERDICTS
+from pyro_decomp.sweeps.executors import Local
 from pyro_decomp.training import TrainingInterrupted
 
 __all__ = ["reproduce", "run_experiment"]
@@ -45,17 +46,11 @@ def _check_count(name: str, value) -> int:
     return value
 
 
-# ---------------------------------------------------------------------------------------------- workers
-def _start_worker() -> None:
-    """A worker process: one torch thread, and Ctrl-C left to the trainer (which installs its own handler
-    while it trains, then restores this one): a run being measured finishes."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _measure_in_worker(config: ExperimentConfig, arm: Arm, seed: int, root: str, progress: bool):
-    """:func:`measure_run` in a worker; an interruption comes back as a plain dict (the exception does not
-    survive pickling)."""
+# ---------------------------------------------------------------------------------------------- tasks
+def _measure_task(job: Tuple[ExperimentConfig, Arm, int, str, bool]):
+    """:func:`measure_run` as a task of an executor; an interruption comes back as a plain dict (the
+    exception does not survive pickling)."""
+    config, arm, seed, root, progress = job
     try:
         return measure_run(config, arm, seed, Path(root), progress)
     except TrainingInterrupted as e:
@@ -68,56 +63,33 @@ def _measure_in_worker(config: ExperimentConfig, arm: Arm, seed: int, root: str,
         }
 
 
-def _measure_in_parallel(
+def _measure_all(
     config: ExperimentConfig,
     root: Path,
     jobs: Sequence[Tuple[Arm, int]],
     progress: bool,
-    workers: int,
+    executor,
     done: Callable[[Tuple[str, int], Outcome], None],
 ) -> None:
-    """Measure ``jobs`` in ``workers`` processes, calling ``done(key, outcome)`` in this process as each
-    finishes (in the order they finish)."""
-    context = multiprocessing.get_context("spawn")
+    """Measure ``jobs`` with ``executor``, calling ``done(key, outcome)`` in this process as each finishes
+    (in the order they finish). An interrupted run stops the rest from starting; the runs in progress
+    checkpoint (or finish) and are kept, and :class:`TrainingInterrupted` is raised."""
     interrupted: List[Dict[str, Any]] = []
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_start_worker
-    ) as pool:
-        futures = {
-            pool.submit(_measure_in_worker, config, arm, seed, str(root), progress): (arm.name, seed)
-            for arm, seed in jobs
-        }
-        pending = set(futures)
-        try:
-            while pending and not interrupted:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    outcome = future.result()
-                    if isinstance(outcome, dict):
-                        interrupted.append(outcome)
-                    else:
-                        done(futures[future], outcome)
-        except KeyboardInterrupt:
-            interrupted.append({"interrupted": "interrupted", "signal": int(signal.SIGINT)})
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-        if interrupted:
-            # no further run starts; the runs in progress checkpoint (or finish) and are kept
-            for future in pending:
-                future.cancel()
-            for future in pending:
-                if future.cancelled():
-                    continue
-                try:
-                    outcome = future.result()
-                except Exception:
-                    continue
-                if isinstance(outcome, dict):
-                    interrupted.append(outcome)
-                else:
-                    done(futures[future], outcome)
+
+    def finished(i: int, outcome) -> bool:
+        if isinstance(outcome, dict):
+            interrupted.append(outcome)
+            return True
+        arm, seed = jobs[i]
+        done((arm.name, seed), outcome)
+        return False
+
+    try:
+        executor.run(
+            _measure_task, [(config, arm, seed, str(root), progress) for arm, seed in jobs], finished
+        )
+    except KeyboardInterrupt:
+        interrupted.append({"interrupted": "interrupted", "signal": int(signal.SIGINT)})
     first = next((i for i in interrupted if i.get("checkpoint")), interrupted[0]) if interrupted else None
     if first is not None:
         stopped = [i for i in interrupted if "checkpoint" in i]
@@ -137,6 +109,7 @@ def run_experiment(
     progress: bool = False,
     log: Optional[Callable[[str], None]] = print,
     workers: int = WORKERS,
+    executor=None,
 ) -> Dict[str, Any]:
     """Train every arm of ``config`` with every seed and measure it; figures and run directories go under
     ``out/<experiment>/``. A run whose checkpoint of the same configuration is already there is resumed
@@ -146,6 +119,8 @@ def run_experiment(
     :param log: called with one line per finished run (``None``: silent).
     :param workers: runs measured at a time, each in a process of its own with one torch thread; ``1``
         measures them one after the other in this process (with this process's torch threads).
+    :param executor: where the runs go instead (:mod:`pyro_decomp.sweeps`: ``Local``, ``Submitit``, ``Dask``);
+        ``workers`` is then not used.
     :returns: a plain (JSON-serialisable) dict: settings, arms, per-run metrics, figures and the verdict on
         the paper's claim.
     """
@@ -187,15 +162,13 @@ def run_experiment(
             f"evaluated in {record['eval_seconds']:.1f} s; {shown}"
         )
 
-    if workers == 1 or len(jobs) == 1:
-        for arm, seed in jobs:
-            done((arm.name, seed), measure_run(config, arm, seed, root, progress))
-    else:
-        _measure_in_parallel(config, root, jobs, progress, workers, done)
+    if executor is None:  # local processes; one run, or one worker: in this process
+        executor = Local(workers=min(workers, len(jobs)), in_process=True, log=log)
+    _measure_all(config, root, jobs, progress, executor, done)
     result["runs"] = [outcomes[(arm.name, seed)][0] for arm, seed in jobs]
     kept = {arm.name: outcomes[(arm.name, config.seeds[0])][1] for arm in config.arms}
     result["seconds"] = time.perf_counter() - start
-    result["workers"] = min(workers, len(jobs))
+    result["workers"] = min(executor.workers, len(jobs)) if isinstance(executor, Local) else None
     result["figures"] = summary_figures(config, result, figures, kept)
     try:
         result["verdict"] = VERDICTS[config.name](result)
@@ -218,6 +191,7 @@ def reproduce(
     log: Optional[Callable[[str], None]] = print,
     threads: Optional[int] = None,
     workers: int = WORKERS,
+    executor=None,
 ) -> str:
     """Run one of the paper's experiments (or ``"all"``) at ``scale`` and write ``out/report.md``.
 
@@ -235,6 +209,7 @@ def reproduce(
         Worker processes (``workers > 1``) always use one thread each.
     :param workers: runs trained and measured at a time, each in a process of its own (default 2, one per
         core of a 2-core machine); ``1``: one after the other in this process.
+    :param executor: where the runs go instead of local processes (see :func:`run_experiment`).
     :returns: the path of ``report.md``.
     """
     if threads is not None:
@@ -246,7 +221,7 @@ def reproduce(
     configs = [experiment_config(name, scale, seeds=seeds, data_root=data_root) for name in names]
     results = []
     for config in configs:
-        result = run_experiment(config, out, progress=progress, log=log, workers=workers)
+        result = run_experiment(config, out, progress=progress, log=log, workers=workers, executor=executor)
         result["command"] = command(config.name, scale, out, seeds, data_root, threads)
         results.append(result)
     return write_report(results, out, command=command(experiment, scale, out, seeds, data_root, threads))
