@@ -72,6 +72,7 @@ from pyro_decomp.data.fashion_mnist import FASHION_MNIST_FILES
 from pyro_decomp.priors import PRIORS
 
 __all__ = [
+    "BETA_TERMS",
     "CLUSTERING_SETTINGS",
     "EXPERIMENTS",
     "SCALES",
@@ -97,7 +98,12 @@ class Arm:
     :param network_options: options of the networks that this arm sets over the experiment's (clustering:
         ``{"scale": "decoder"}`` or ``{"scale": "global"}``, the likelihood's scale).
     :param setting: arms compared with each other share a setting, and the report gives each setting a
-        table of its own (clustering: ``"decoder"`` and ``"global"``, the two likelihoods); ``""``: one table.
+        table of its own (clustering: ``"decoder"`` and ``"global"``, the two likelihoods, and ``"paper"``,
+        the paper's β term); ``""``: one table.
+    :param beta_term: ``""``: the β term is β KL(q(z|x) ‖ p(z)), as the library computes it; ``"paper"``: the
+        KL against p(z)², E_q[log q(z|x)] − 2 E_q[log p(z)], as the paper's code computes it for the
+        pinwheel mixture (:mod:`pyro_decomp.experiments.paper_beta`; a mixture prior only). The run's
+        ``config.json`` does not record it: the arm does.
     """
 
     name: str
@@ -110,6 +116,7 @@ class Arm:
     group: str = ""
     network_options: Mapping[str, Any] = field(default_factory=dict)
     setting: str = ""
+    beta_term: str = ""
 
 
 # Evaluation options and what they mean; every experiment takes a subset (see ``_EVALUATION_KEYS``).
@@ -187,6 +194,7 @@ class ExperimentConfig:
                 )
             if arm.prior not in PRIORS:
                 raise ValueError(f"arm {arm.name!r}: unknown prior {arm.prior!r}; expected one of {PRIORS}")
+            _check_beta_term(arm, self.run)
             self.run_config(arm, self.seeds[0] if self.seeds else 0)  # RunConfig checks β, α, divergence...
         if not self.seeds:
             raise ValueError("seeds must hold at least one seed, got none")
@@ -250,6 +258,29 @@ class ExperimentConfig:
         if self.subset_steps:
             values["subset_steps"] = dict(self.subset_steps)
         return values
+
+
+#: how the β term reads the prior: the library's KL (``""``), or the paper's code's KL against p(z)²
+#: (``"paper"``)
+BETA_TERMS = ("", "paper")
+
+
+def _check_beta_term(arm: Arm, run) -> None:
+    if arm.beta_term not in BETA_TERMS:
+        raise ValueError(
+            f"arm {arm.name!r}: unknown beta_term {arm.beta_term!r}; expected one of {BETA_TERMS}"
+        )
+    if arm.beta_term == "paper":
+        if arm.prior not in ("pinwheel", "mixture"):
+            raise ValueError(
+                f"arm {arm.name!r}: the paper's β term is set up for a mixture prior ('pinwheel' or "
+                f"'mixture'), got {arm.prior!r}"
+            )
+        if not run.analytic_kl:
+            raise ValueError(
+                f"arm {arm.name!r}: the paper's β term is the KL registered against the prior, which the "
+                "ELBO reads only with analytic_kl=True; got analytic_kl=False"
+            )
 
 
 # Every k-th value of (shape, scale, orientation, position_x, position_y) for the shapes grid per scale.
@@ -362,10 +393,16 @@ _SCALE_SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
 }
 
-# The clustering experiment's two likelihoods (the network option ``scale`` of the MLP decoder) and how tables
-# name them: the paper's, where the decoder predicts a per-point scale σ(z), and one learnt global σ
-# initialised at 0.1.
-CLUSTERING_SETTINGS = {"decoder": "decoder σ(z)", "global": "global σ"}
+# The clustering experiment's settings and how tables name them: two likelihoods (the network option ``scale``
+# of the MLP decoder), the paper's, where the decoder predicts a per-point scale σ(z), and one learnt global σ
+# initialised at 0.1; and the paper's likelihood with the paper's β term (the KL against p(z)²).
+CLUSTERING_SETTINGS = {"decoder": "decoder σ(z)", "global": "global σ", "paper": "paper's β term"}
+# per setting: (the decoder's ``scale`` option, the arms' ``beta_term``)
+_CLUSTERING_SETTING_OPTIONS = {
+    "decoder": ("decoder", ""),
+    "global": ("global", ""),
+    "paper": ("decoder", "paper"),
+}
 
 _INDEPENDENCE_PRIORS = (
     ("iso", "isotropic Gaussian", "gaussian", {"variance": "iso"}),
@@ -443,8 +480,9 @@ def experiment_config(
                 label=f"{short}: β={fmt_number(beta)}, α={fmt_number(alpha)}"
                 + (" (inclusive KL)" if alpha > 0 else ""),
                 group="alpha" if alpha > 0 else "beta",
-                network_options={"scale": setting},
+                network_options={"scale": _CLUSTERING_SETTING_OPTIONS[setting][0]},
                 setting=setting,
+                beta_term=_CLUSTERING_SETTING_OPTIONS[setting][1],
             )
             for setting, short in CLUSTERING_SETTINGS.items()
             for beta, alpha in ((1.0, 0.0), (0.0, 1.0))
