@@ -12,7 +12,9 @@ with :mod:`pyro_decomp.metrics` and drawn with :mod:`pyro_decomp.plots`:
     with 100 hidden units and a Normal likelihood; (β=1, α=0) against (β=0, α=1, inclusive KL), each under
     two likelihoods (:data:`CLUSTERING_SETTINGS`, the arms' ``setting``): the paper's, whose decoder predicts
     the scale σ(z) per point (``decoder_*`` arms; the verdict), and one learnt global σ initialised at 0.1
-    (``global_*`` arms). Claim: the α term, not β, makes the aggregate encoding q(z) cluster like the prior.
+    (``global_*`` arms); and a third setting, the paper's likelihood with the β term as the paper's code
+    computes it, the KL against p(z)² (``paper_*`` arms, :mod:`~pyro_decomp.experiments.paper_beta`).
+    Claim: the α term, not β, makes the aggregate encoding q(z) cluster like the prior.
     Measured on a held-out pinwheel draw: the adjusted Rand index (:func:`adjusted_rand_index`) between the
     arm of each point and the prior component nearest its encoder mean, how many components the encoder
     means use (those nearest to at least 5% of them), the likelihood's mean scale, D(q(z), p(z)), the
@@ -23,7 +25,8 @@ with :mod:`pyro_decomp.metrics` and drawn with :mod:`pyro_decomp.plots`:
     from the data's principal variances, the same with learnt variances, Student-t ν=9} × a β sweep. Claim:
     breaking the isotropic prior's rotation symmetry improves axis-aligned disentanglement at little cost in
     reconstruction. Measured: the Kim & Mnih disentanglement score (Student-t codes mapped through the prior's
-    CDF first, as the paper does), MIG and the reconstruction error.
+    CDF first, as the paper does), MIG, the reconstruction error, and whether the run collapsed (the largest
+    variance of an encoder-mean coordinate over the data below ``measure.ACTIVE_VARIANCE``).
 ``sparsity`` (§5.3)
     Fashion-MNIST at 32×32 (or the shapes resized to 32×32, class = shape, when the files are absent),
     50-D latents, DCGAN networks, a Laplace likelihood of scale 0.1, the spike-and-slab prior with
@@ -43,9 +46,9 @@ a time, one thread each (the default ``workers=2``). Per-run times were measured
 ``docs/results`` (one run at a time, one thread), which gives the budget of a machine without other load
 ("idle"):
 
-* clustering: the paper's settings (500 epochs of the 400-point draw, one batch of 400 each), 2
-  likelihoods × 2 arms × 20 seeds = 80 runs of 4–6 s training and at most 1.5 s evaluation; about
-  4 minutes;
+* clustering: the paper's settings (500 epochs of the 400-point draw, one batch of 400 each), 3
+  settings × 2 arms × 20 seeds = 120 runs of 4–6 s training and at most 1.5 s evaluation; about
+  6 minutes;
 * independence: the shapes grid at every 2nd scale, 4th orientation and 4th x and y position (5,760
   images), 4 epochs (360 steps of 64) per run, 4 priors × β ∈ {1, 2, 4, 8} × 5 seeds = 80 runs; the
   metrics on all 5,760 images (800 votes of 100 points); 85–112 s training and 10–16 s evaluation per run

@@ -210,7 +210,7 @@ _CLUSTERING_LIKELIHOOD = _paragraph(
     until the data are explained as noise, and then nothing keeps q(z) on all four of the prior's
     components, while the α term, the inclusive KL(p(z) ‖ q(z)), is large exactly when q(z) misses one. With
     one learnt global σ started at 0.1 (table 2) that way is much harder to take (Adam moves one scale
-    slowly, so reconstruction dominates and the plain ELBO must use z). The two tables show what each
+    slowly, so reconstruction dominates and the plain ELBO must use z). Tables 1 and 2 show what each
     likelihood does to each arm (the likelihood σ and component columns say whether an arm took that way);
     the verdict is judged on the paper's likelihood.
     """
