@@ -60,7 +60,8 @@ a time, one thread each (the default ``workers=2``). Per-run times were measured
 
 In all about 75 minutes on an idle 2-core machine, up to 2 hours on a shared one. Measured for
 ``docs/results`` (Fashion-MNIST present, otherwise idle): 70.4 minutes (clustering 4.2, independence 41.0,
-sparsity 25.2).
+sparsity 25.2), before the clustering experiment had its third setting, whose 40 runs took 34 minutes on the
+same machine under a load of 8–14 (about 2 minutes idle).
 """
 
 from __future__ import annotations
