@@ -23,6 +23,7 @@ __all__ = [
     "PINWHEEL_COMPONENTS",
     "VERDICTS",
     "clustering_arms",
+    "collapsed_runs",
     "difference",
     "independence_differences",
     "paired_difference",
