@@ -35,11 +35,12 @@ def test_paper_scale_is_the_papers_settings():
     config = experiment_config("clustering", "paper")
     arm_grid = ((1.0, 0.0), (0.0, 1.0))
     assert {(a.setting, a.beta, a.alpha) for a in arms} == {
-        (setting, beta, alpha) for setting in ("decoder", "global") for beta, alpha in arm_grid
+        (setting, beta, alpha) for setting in ("decoder", "global", "paper") for beta, alpha in arm_grid
     }
     for arm in arms:
         run = config.run_config(arm, 0)
-        assert run.network_options == {"hidden": [100], "scale": arm.setting}
+        scale = "decoder" if arm.setting == "paper" else arm.setting  # the paper's β term: its likelihood
+        assert run.network_options == {"hidden": [100], "scale": scale}
         assert run.likelihood_scale == 0.1
     ind = experiment_config("independence", "paper")
     c = ind.run
@@ -79,6 +80,8 @@ def test_clustering_arms_and_cpu_seeds():
         "decoder_beta0_alpha1",
         "global_beta1_alpha0",
         "global_beta0_alpha1",
+        "paper_beta1_alpha0",
+        "paper_beta0_alpha1",
     ]
     assert len(config.seeds) == 20
     assert len(experiment_config("clustering", "smoke").seeds) == 1

@@ -88,6 +88,8 @@ def test_smoke_report_clustering_has_both_likelihoods(smoke_report):
         "decoder_beta0_alpha1",
         "global_beta1_alpha0",
         "global_beta0_alpha1",
+        "paper_beta1_alpha0",
+        "paper_beta0_alpha1",
     ]
     # the paper's likelihood first, with the verdict; the global scale second
     assert clustering.index("**Table 1: the paper's likelihood") < clustering.index(
@@ -104,6 +106,11 @@ def test_smoke_report_clustering_has_both_likelihoods(smoke_report):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", clustering)
     assert "clustering/figures/encodings_decoder_seed0.png" in links
     assert "clustering/figures/encodings_global_seed0.png" in links
+    # the paper's β term: a third table, the same columns
+    assert clustering.index("**Table 2: one learnt global") < clustering.index(
+        "**Table 3: the paper's β term"
+    )
+    assert "clustering/figures/encodings_paper_seed0.png" in links
 
 
 def test_smoke_report_independence_has_paired_differences(smoke_report):
@@ -119,6 +126,11 @@ def test_smoke_report_independence_has_paired_differences(smoke_report):
     priors = {a["group"] for a in result["arms"]} - {"iso"}
     betas = {a["beta"] for a in result["arms"]}
     assert len(rows) == len(priors) * len(betas)
+    # collapse counted per arm, the pairs where neither collapsed, and the paper's own code quoted
+    assert "**Collapse.**" in independence and "pairs where neither collapsed" in independence
+    assert "**The paper's own code at the same scale (a measured reference).**" in independence
+    assert "ascending order" in independence  # svds's order of the paper's PCA variances
+    assert all("max_code_variance" in r["metrics"] for r in result["runs"])
     # traversals of each prior's best β
     assert len(re.findall(r"_traversals\.png\)", independence)) == len(priors) + 1
 

@@ -12,7 +12,9 @@ with :mod:`pyro_decomp.metrics` and drawn with :mod:`pyro_decomp.plots`:
     with 100 hidden units and a Normal likelihood; (β=1, α=0) against (β=0, α=1, inclusive KL), each under
     two likelihoods (:data:`CLUSTERING_SETTINGS`, the arms' ``setting``): the paper's, whose decoder predicts
     the scale σ(z) per point (``decoder_*`` arms; the verdict), and one learnt global σ initialised at 0.1
-    (``global_*`` arms). Claim: the α term, not β, makes the aggregate encoding q(z) cluster like the prior.
+    (``global_*`` arms); and a third setting, the paper's likelihood with the β term as the paper's code
+    computes it, the KL against p(z)² (``paper_*`` arms, :mod:`~pyro_decomp.experiments.paper_beta`).
+    Claim: the α term, not β, makes the aggregate encoding q(z) cluster like the prior.
     Measured on a held-out pinwheel draw: the adjusted Rand index (:func:`adjusted_rand_index`) between the
     arm of each point and the prior component nearest its encoder mean, how many components the encoder
     means use (those nearest to at least 5% of them), the likelihood's mean scale, D(q(z), p(z)), the
@@ -23,7 +25,8 @@ with :mod:`pyro_decomp.metrics` and drawn with :mod:`pyro_decomp.plots`:
     from the data's principal variances, the same with learnt variances, Student-t ν=9} × a β sweep. Claim:
     breaking the isotropic prior's rotation symmetry improves axis-aligned disentanglement at little cost in
     reconstruction. Measured: the Kim & Mnih disentanglement score (Student-t codes mapped through the prior's
-    CDF first, as the paper does), MIG and the reconstruction error.
+    CDF first, as the paper does), MIG, the reconstruction error, and whether the run collapsed (the largest
+    variance of an encoder-mean coordinate over the data below ``measure.ACTIVE_VARIANCE``).
 ``sparsity`` (§5.3)
     Fashion-MNIST at 32×32 (or the shapes resized to 32×32, class = shape, when the files are absent),
     50-D latents, DCGAN networks, a Laplace likelihood of scale 0.1, the spike-and-slab prior with
@@ -43,9 +46,9 @@ a time, one thread each (the default ``workers=2``). Per-run times were measured
 ``docs/results`` (one run at a time, one thread), which gives the budget of a machine without other load
 ("idle"):
 
-* clustering: the paper's settings (500 epochs of the 400-point draw, one batch of 400 each), 2
-  likelihoods × 2 arms × 20 seeds = 80 runs of 4–6 s training and at most 1.5 s evaluation; about
-  4 minutes;
+* clustering: the paper's settings (500 epochs of the 400-point draw, one batch of 400 each), 3
+  settings × 2 arms × 20 seeds = 120 runs of 4–6 s training and at most 1.5 s evaluation; about
+  6 minutes;
 * independence: the shapes grid at every 2nd scale, 4th orientation and 4th x and y position (5,760
   images), 4 epochs (360 steps of 64) per run, 4 priors × β ∈ {1, 2, 4, 8} × 5 seeds = 80 runs; the
   metrics on all 5,760 images (800 votes of 100 points); 85–112 s training and 10–16 s evaluation per run
@@ -57,7 +60,8 @@ a time, one thread each (the default ``workers=2``). Per-run times were measured
 
 In all about 75 minutes on an idle 2-core machine, up to 2 hours on a shared one. Measured for
 ``docs/results`` (Fashion-MNIST present, otherwise idle): 70.4 minutes (clustering 4.2, independence 41.0,
-sparsity 25.2).
+sparsity 25.2), before the clustering experiment had its third setting, whose 40 runs took 34 minutes on the
+same machine under a load of 8–14 (about 2 minutes idle).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from pyro_decomp.data.fashion_mnist import FASHION_MNIST_FILES
 from pyro_decomp.priors import PRIORS
 
 __all__ = [
+    "BETA_TERMS",
     "CLUSTERING_SETTINGS",
     "EXPERIMENTS",
     "SCALES",
@@ -97,7 +102,12 @@ class Arm:
     :param network_options: options of the networks that this arm sets over the experiment's (clustering:
         ``{"scale": "decoder"}`` or ``{"scale": "global"}``, the likelihood's scale).
     :param setting: arms compared with each other share a setting, and the report gives each setting a
-        table of its own (clustering: ``"decoder"`` and ``"global"``, the two likelihoods); ``""``: one table.
+        table of its own (clustering: ``"decoder"`` and ``"global"``, the two likelihoods, and ``"paper"``,
+        the paper's β term); ``""``: one table.
+    :param beta_term: ``""``: the β term is β KL(q(z|x) ‖ p(z)), as the library computes it; ``"paper"``: the
+        KL against p(z)², E_q[log q(z|x)] − 2 E_q[log p(z)], as the paper's code computes it for the
+        pinwheel mixture (:mod:`pyro_decomp.experiments.paper_beta`; a mixture prior only). The run's
+        ``config.json`` does not record it: the arm does.
     """
 
     name: str
@@ -110,6 +120,7 @@ class Arm:
     group: str = ""
     network_options: Mapping[str, Any] = field(default_factory=dict)
     setting: str = ""
+    beta_term: str = ""
 
 
 # Evaluation options and what they mean; every experiment takes a subset (see ``_EVALUATION_KEYS``).
@@ -187,6 +198,7 @@ class ExperimentConfig:
                 )
             if arm.prior not in PRIORS:
                 raise ValueError(f"arm {arm.name!r}: unknown prior {arm.prior!r}; expected one of {PRIORS}")
+            _check_beta_term(arm, self.run)
             self.run_config(arm, self.seeds[0] if self.seeds else 0)  # RunConfig checks β, α, divergence...
         if not self.seeds:
             raise ValueError("seeds must hold at least one seed, got none")
@@ -250,6 +262,29 @@ class ExperimentConfig:
         if self.subset_steps:
             values["subset_steps"] = dict(self.subset_steps)
         return values
+
+
+#: how the β term reads the prior: the library's KL (``""``), or the paper's code's KL against p(z)²
+#: (``"paper"``)
+BETA_TERMS = ("", "paper")
+
+
+def _check_beta_term(arm: Arm, run) -> None:
+    if arm.beta_term not in BETA_TERMS:
+        raise ValueError(
+            f"arm {arm.name!r}: unknown beta_term {arm.beta_term!r}; expected one of {BETA_TERMS}"
+        )
+    if arm.beta_term == "paper":
+        if arm.prior not in ("pinwheel", "mixture"):
+            raise ValueError(
+                f"arm {arm.name!r}: the paper's β term is set up for a mixture prior ('pinwheel' or "
+                f"'mixture'), got {arm.prior!r}"
+            )
+        if not run.analytic_kl:
+            raise ValueError(
+                f"arm {arm.name!r}: the paper's β term is the KL registered against the prior, which the "
+                "ELBO reads only with analytic_kl=True; got analytic_kl=False"
+            )
 
 
 # Every k-th value of (shape, scale, orientation, position_x, position_y) for the shapes grid per scale.
@@ -362,10 +397,16 @@ _SCALE_SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
 }
 
-# The clustering experiment's two likelihoods (the network option ``scale`` of the MLP decoder) and how tables
-# name them: the paper's, where the decoder predicts a per-point scale σ(z), and one learnt global σ
-# initialised at 0.1.
-CLUSTERING_SETTINGS = {"decoder": "decoder σ(z)", "global": "global σ"}
+# The clustering experiment's settings and how tables name them: two likelihoods (the network option ``scale``
+# of the MLP decoder), the paper's, where the decoder predicts a per-point scale σ(z), and one learnt global σ
+# initialised at 0.1; and the paper's likelihood with the paper's β term (the KL against p(z)²).
+CLUSTERING_SETTINGS = {"decoder": "decoder σ(z)", "global": "global σ", "paper": "paper's β term"}
+# per setting: (the decoder's ``scale`` option, the arms' ``beta_term``)
+_CLUSTERING_SETTING_OPTIONS = {
+    "decoder": ("decoder", ""),
+    "global": ("global", ""),
+    "paper": ("decoder", "paper"),
+}
 
 _INDEPENDENCE_PRIORS = (
     ("iso", "isotropic Gaussian", "gaussian", {"variance": "iso"}),
@@ -443,8 +484,9 @@ def experiment_config(
                 label=f"{short}: β={fmt_number(beta)}, α={fmt_number(alpha)}"
                 + (" (inclusive KL)" if alpha > 0 else ""),
                 group="alpha" if alpha > 0 else "beta",
-                network_options={"scale": setting},
+                network_options={"scale": _CLUSTERING_SETTING_OPTIONS[setting][0]},
                 setting=setting,
+                beta_term=_CLUSTERING_SETTING_OPTIONS[setting][1],
             )
             for setting, short in CLUSTERING_SETTINGS.items()
             for beta, alpha in ((1.0, 0.0), (0.0, 1.0))

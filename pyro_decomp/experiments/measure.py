@@ -26,14 +26,17 @@ from pyro_decomp.data.indexing import grid_subset, subset_index, take
 from pyro_decomp.divergences import build_divergence
 from pyro_decomp.evaluation import encode_in_chunks, factor_split_sizes
 from pyro_decomp.experiments.configs import Arm, ExperimentConfig
+from pyro_decomp.experiments.paper_beta import paper_beta_term_prior
 from pyro_decomp.metrics import adjusted_rand_index
 from pyro_decomp.runs import CHECKPOINT_NAME, load_checkpoint, lock_run
 from pyro_decomp.training import Trainer
 from pyro_decomp.util import module_device, read_jsonl
 
 __all__ = [
+    "ACTIVE_VARIANCE",
     "EVALUATORS",
     "MIN_OCCUPANCY",
+    "code_variances",
     "components_used",
     "decoder_scale",
     "experiment_data",
@@ -44,6 +47,23 @@ __all__ = [
 
 #: a prior component counts as used when it is the nearest component of at least this fraction of the points
 MIN_OCCUPANCY = 0.05
+
+#: a latent dimension is active when the variance of its encoder mean over the data exceeds this (the "active
+#: units" rule of Burda, Grosse & Salakhutdinov, 2016, §5.2); a run with no active dimension has collapsed
+ACTIVE_VARIANCE = 0.01
+
+
+def code_variances(codes: torch.Tensor) -> torch.Tensor:
+    """Var_x(E_q[z_d|x]) per latent dimension d, ``(D,)``: the variance of the encoder means ``codes``
+    ``(N, D)`` over the N points (the population variance, 1/N).
+
+    A run has *collapsed* when its encoder means barely vary, ``code_variances(codes).max() <
+    ACTIVE_VARIANCE``: no dimension of z carries information about x (a unit-variance prior dimension that
+    encodes x has a variance of its means near 1, one that ignores x near 0).
+    """
+    if codes.dim() != 2 or len(codes) < 2:
+        raise ValueError(f"codes must have shape (N, D) with N >= 2, got {tuple(codes.shape)}")
+    return codes.double().var(0, unbiased=False).float()
 
 
 def shapes_at_32(run) -> Tuple[Any, Any]:
@@ -88,6 +108,8 @@ def train_run(config: ExperimentConfig, arm: Arm, seed: int, run_dir: Path, data
     cfg = config.run_config(arm, seed)
     pyro.set_rng_seed(cfg.seed)
     vae, elbo, train_set, test_set = build(cfg, data=data)
+    if arm.beta_term == "paper":  # the same prior, with the KL against p(z)² as its β term
+        vae.prior = paper_beta_term_prior(vae.prior)
     if config.subset_steps:
         train_set = test_set = grid_subset(train_set, config.subset_steps)
     with lock_run(str(run_dir)):
@@ -249,6 +271,9 @@ def _evaluate_independence(
         codes, factors, generator=torch.Generator().manual_seed(split_seed), **split
     )["disentanglement"]
     results["sap"] = metrics.sap(codes, factors, generator=torch.Generator().manual_seed(split_seed), **split)
+    variances = code_variances(codes)
+    results["max_code_variance"] = float(variances.max())  # collapsed below ACTIVE_VARIANCE
+    results["active_dimensions"] = float((variances > ACTIVE_VARIANCE).sum())
     recon_index = subset_index(len(test_set), ev["recon_points"], generator)
     results["reconstruction_error"] = -_mean_reconstruction(vae, test_set, recon_index)
     if figures is None:

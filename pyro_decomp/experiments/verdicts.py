@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from pyro_decomp.experiments.measure import ACTIVE_VARIANCE
+
 __all__ = [
     "CLAIMS",
     "COLUMNS",
@@ -25,11 +27,13 @@ __all__ = [
     "PINWHEEL_COMPONENTS",
     "VERDICTS",
     "clustering_arms",
+    "collapsed_runs",
     "difference",
     "independence_differences",
     "not_judged",
     "paired_difference",
     "paired_values",
+    "uncollapsed_differences",
 ]
 
 #: the components of the pinwheel mixture prior
@@ -70,6 +74,7 @@ COLUMNS: Dict[str, Tuple[Tuple[str, str, Format], ...]] = {
         ("dci", "DCI disentanglement ↑", "{:.3f}"),
         ("sap", "SAP ↑", "{:.3f}"),
         ("reconstruction_error", "−E log p(x|z) (nats/image) ↓", "{:.1f}"),
+        ("max_code_variance", "collapsed runs", count_below(ACTIVE_VARIANCE)),
     ),
     "sparsity": (
         ("hoyer", "Hoyer sparsity ↑", "{:.3f}"),
@@ -198,6 +203,7 @@ def clustering_arms(result: Dict[str, Any]) -> List[Tuple[str, str, str]]:
 _SETTING_NAMES = {
     "decoder": "with the paper's likelihood (the decoder predicts σ(z))",
     "global": "with one learnt global σ (initialised at 0.1)",
+    "paper": "with the paper's β term (the KL against p(z)², the paper's likelihood)",
     "": "",
 }
 
@@ -268,6 +274,54 @@ def independence_differences(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             iso_err = paired_values(result, name, iso, "reconstruction_error")[1]
             row["relative_cost"] = row["reconstruction_error"][0] / abs(mean_sd(iso_err)[0])
             rows.append(row)
+    return rows
+
+
+def collapsed_runs(result: Dict[str, Any]) -> set:
+    """``(arm, seed)`` of the runs that collapsed: the largest variance over the data of an encoder mean
+    coordinate, ``max_code_variance``, below :data:`~pyro_decomp.experiments.measure.ACTIVE_VARIANCE` (no
+    active dimension). Runs measured without it count as not collapsed."""
+    return {
+        (r["arm"], r["seed"])
+        for r in result["runs"]
+        if r["metrics"].get("max_code_variance", math.inf) < ACTIVE_VARIANCE
+    }
+
+
+def uncollapsed_differences(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The rows of :func:`independence_differences` again over the seeds where neither run of a pair
+    collapsed (:func:`collapsed_runs`): per prior and β, ``group``, ``label``, ``beta``, ``collapsed`` (the
+    collapsed runs of the prior and of the isotropic prior, over the seeds both have), ``pairs`` (those kept)
+    and ``disentanglement`` as ``(mean, standard error, pairs)`` of the paired differences, ``None`` when no
+    pair is left. Empty when the runs were measured without ``max_code_variance``."""
+    if not any("max_code_variance" in r["metrics"] for r in result["runs"]):
+        return []
+    collapsed = collapsed_runs(result)
+    arms = {a["name"]: a for a in result["arms"]}
+    rows = []
+    for name, arm in arms.items():
+        iso = next((n for n, a in arms.items() if a["group"] == "iso" and a["beta"] == arm["beta"]), None)
+        if arm["group"] == "iso" or iso is None:
+            continue
+        seeds = {r["seed"] for r in result["runs"] if r["arm"] == name} & {
+            r["seed"] for r in result["runs"] if r["arm"] == iso
+        }
+        kept = {s for s in seeds if (name, s) not in collapsed and (iso, s) not in collapsed}
+        sub = {"runs": [r for r in result["runs"] if r["seed"] in kept]}
+        a, b = paired_values(sub, name, iso, "disentanglement")
+        rows.append(
+            {
+                "group": arm["group"],
+                "label": arm["label"].rsplit(", β=", 1)[0],
+                "beta": arm["beta"],
+                "collapsed": (
+                    sum((name, s) in collapsed for s in seeds),
+                    sum((iso, s) in collapsed for s in seeds),
+                ),
+                "pairs": len(a),
+                "disentanglement": paired_difference(a, b) if a else None,
+            }
+        )
     return rows
 
 
