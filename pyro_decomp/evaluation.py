@@ -174,7 +174,7 @@ def write_figures(
     (decoder means of prior draws; grey or colour images, 2-D points over the data), ``traversals`` (images
     only: from the code of the first of those random points, at the values written under the columns) and
     ``latent_magnitude``
-    (labelled data: mean |z_d| per class). ``kinds`` selects some of them (default: all that apply). The
+    (labelled data: mean ``|z_d|`` per class). ``kinds`` selects some of them (default: all that apply). The
     model is moved to the CPU.
     """
     os.makedirs(directory, exist_ok=True)

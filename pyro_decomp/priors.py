@@ -414,7 +414,15 @@ def _signed_axes(dim: int) -> torch.Tensor:
 def pinwheel_mixture(learn: Union[bool, Iterable[str]] = False) -> MixturePrior:
     """The pinwheel prior of Mathieu et al. (2019, §5.2): four equally weighted components at (1, 0),
     (0, 1), (−1, 0), (0, −1) with standard deviation σ = √0.03. Same as ``build_prior("pinwheel", 2)``
-    and ``build_prior("mixture", 2)``."""
+    and ``build_prior("mixture", 2)``.
+
+    >>> prior = pinwheel_mixture()  # a module; calling it gives the distribution
+    >>> p = prior()
+    >>> tuple(p.event_shape), tuple(p.sample((5,)).shape)
+    ((2,), (5, 2))
+    >>> bool(p.log_prob(torch.tensor([1.0, 0.0])) > p.log_prob(torch.tensor([0.5, 0.5])))  # on a mode
+    True
+    """
     return MixturePrior(_signed_axes(2), PINWHEEL_SCALE, learn=learn)
 
 
@@ -524,6 +532,11 @@ def build_prior(name: str, dim: int, **options) -> PyroModule:
     ================  ==================================================================================
 
     :raises ValueError: for an unknown name (listing :data:`PRIORS`), an unknown option, or an invalid value.
+
+    >>> build_prior("student-t", 4, df=5.0)().event_shape
+    torch.Size([4])
+    >>> build_prior("subspaces", 3, blocks="pinwheel:2,gaussian:1")().event_shape
+    torch.Size([3])
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown prior {name!r}; expected one of {PRIORS}")

@@ -7,7 +7,7 @@ grid but are drawn by this module: they resemble dSprites (white sprites 10–20
 **not** pixel-identical to DeepMind's file; use :class:`~pyro_decomp.data.DSprites` for the original.
 
 Rendering. A sprite is the set {p : g(R(-θ) p / (10·scale)) ≤ 0} for an implicit shape function g in the
-sprite's own frame (square: max(|a|, |b|) ≤ 1; ellipse: a² + (2b)² ≤ 1; heart: the quartic-sextic heart
+sprite's own frame (square: ``max(|a|, |b|)`` ≤ 1; ellipse: a² + (2b)² ≤ 1; heart: the quartic-sextic heart
 (a² + b² − 1)³ − a² b³ ≤ 0 fitted to [−1, 1]²), with p in pixels measured from the sprite's centre, x to the
 right and y *up* (so orientation turns the sprite counterclockwise as displayed, row 0 at the top). A pixel
 is white when at least half of a 4×4 grid of sample points inside it falls in the sprite. The centre sits on

@@ -18,8 +18,8 @@ def hoyer_sparsity(codes, normalise: bool = True) -> float:
 
         Hoyer(z) = (√D - ‖z‖₁ / ‖z‖₂) / (√D - 1) ∈ [0, 1],
 
-    averaged over the points: 1 for a one-hot vector, 0 when all |z_d| are equal. Points with z = 0 have no
-    defined value and are left out of the average.
+    averaged over the points: 1 for a one-hot vector, 0 when all ``|z_d|`` are equal. Points with z = 0 have
+    no defined value and are left out of the average.
 
     :param codes: ``(N, D)``, D >= 2.
     :returns: the mean sparsity as a float.

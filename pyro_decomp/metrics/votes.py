@@ -168,7 +168,7 @@ def beta_vae_score(
 
     One training point: a factor k drawn uniformly from the K factors, and ``batch_size`` pairs of points
     that share the value of factor k (the other factors drawn independently); its feature is the mean
-    absolute difference of the pair's codes,
+    absolute difference of the pair's codes::
 
         f = (1/B) Σ_b |z(x_b) - z(x'_b)|   (D,),    label k.
 

@@ -146,10 +146,10 @@ def plot_latent_magnitude(
 ) -> PathLike:
     """Average latent magnitude per class: the paper's sparsity figure (Mathieu et al., 2019, Fig. 5).
 
-    A heat map of E[|z_d| | class c] over the points of each class (rows: classes, columns: dimensions).
+    A heat map of ``E[|z_d| | class c]`` over the points of each class (rows: classes, columns: dimensions).
     With ``normalise``, each dimension is first measured from its median over all points, m_d, and every
     value divided by one number, the root mean square of z − m over every point and dimension:
-    E[|z_d − m_d| | c] / rms(z − m). An inactive dimension (a code that does not move with x, whatever its
+    ``E[|z_d − m_d| | c] / rms(z − m)``. An inactive dimension (a code that does not move with x, whatever its
     offset) then stays dark, and all dimensions share one scale; dividing each dimension by its own spread
     would make the least informative ones the brightest. For a sparse code m_d ≈ 0. A sparse decomposition
     lights up few dimensions per class, and different ones for different classes.
