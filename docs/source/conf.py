@@ -22,6 +22,8 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+from sphinx.pycode import ModuleAnalyzer  # noqa: E402
+
 import pyro_decomp  # noqa: E402
 
 project = "pyro-decomp"
@@ -118,8 +120,16 @@ def module_page(name):
     listed = list(getattr(module, "__all__", ()))
     here = [n for n in listed if home_of(name, n) == name]
     elsewhere = [n for n in listed if n not in here]
+    attribute_docs = ModuleAnalyzer.for_module(name).find_attr_docs() if here else {}
     for n in here:
-        text += f"\n.. {directive_for(getattr(module, n))}:: {name}.{n}\n"
+        obj = getattr(module, n)
+        directive = directive_for(obj)
+        if directive == "autodata" and ("", n) not in attribute_docs:
+            # a constant without a ``#:`` comment: autodoc would show its type's docstring (dict's, str's)
+            text += f"\n.. py:data:: {name}.{n}\n   :type: {type(obj).__name__}\n\n"
+            text += "   See the module's docstring.\n"
+        else:
+            text += f"\n.. {directive}:: {name}.{n}\n"
     if elsewhere:
         text += "\nAlso available here, documented on their own modules' pages:\n\n"
         text += "".join(f"- :obj:`{n} <{home_of(name, n)}.{n}>`\n" for n in elsewhere)
