@@ -126,8 +126,10 @@ def module_page(name):
         directive = directive_for(obj)
         if directive == "autodata" and ("", n) not in attribute_docs:
             # a constant without a ``#:`` comment: autodoc would show its type's docstring (dict's, str's)
-            text += f"\n.. py:data:: {name}.{n}\n   :type: {type(obj).__name__}\n\n"
+            text += f"\n.. py:data:: {n}\n   :type: {type(obj).__name__}\n\n"
             text += "   See the module's docstring.\n"
+        elif directive == "autodata":  # a data name is resolved in the current module (automodule's)
+            text += f"\n.. autodata:: {n}\n"
         else:
             text += f"\n.. {directive}:: {name}.{n}\n"
     if elsewhere:
