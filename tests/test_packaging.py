@@ -85,7 +85,7 @@ FLOORS = [
     ["distribution_prior", "priors", "marginals", "elbo", "metrics", "label_placement", "plots", "summary"],
     ["vae"],
     ["config", "build", "run_files", "runs"],
-    ["trainer", "callbacks", "training", "evaluation", "sweeps"],
+    ["epoch_means", "trainer", "callbacks", "training", "evaluation", "sweeps"],
     ["experiments"],
     ["cli", "__main__"],
 ]
