@@ -80,9 +80,9 @@ def test_readme_library_example_twice_in_one_process(tmp_path):
 
 # The import floors, lowest first: a module imports only modules of lower floors or earlier in its own floor.
 FLOORS = [
-    ["version", "util", "_atomic"],
+    ["version", "util", "_atomic", "epoch_means"],
     ["data", "distributions", "divergences", "nets", "distributed"],
-    ["priors", "marginals", "elbo", "metrics", "label_placement", "plots"],
+    ["priors", "marginals", "elbo", "metrics", "summary", "label_placement", "plots"],
     ["vae"],
     ["config", "build", "runs"],
     ["trainer", "callbacks", "training", "evaluation"],
