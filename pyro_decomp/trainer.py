@@ -33,10 +33,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer.util import zero_grads
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from pyro_decomp._pyro_compat import pyro_name, zero_grads
 from pyro_decomp.config import RunConfig, resolve_device
 from pyro_decomp.data.indexing import batches, subset_index, take
 from pyro_decomp.distributed import (
@@ -212,7 +212,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     @property
     def _prefix(self) -> str:
-        return getattr(self.vae, "_pyro_name", "") or ""
+        return pyro_name(self.vae)
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything a resume needs, as tensors and plain values (``torch.load(weights_only=True)``-safe).
