@@ -57,7 +57,7 @@ def test_one_seed_is_not_judged_in_the_headline_and_above_every_table(tmp_path):
     assert "| [clustering](#clustering-pinwheel-with-a-mixture-prior) | not judged (1 seed) |" in headline
     assert "**At the `smoke` scale: not judged (1 seed).**" in section
     tables = section.count("| arm |")
-    assert tables == 2 and section.count("*Not judged (1 seed):") == tables
+    assert tables == 3 and section.count("*Not judged (1 seed):") == tables  # three likelihood settings
     for line in section.splitlines():  # no verdict word anywhere a reader looks first
         if line.startswith("**At the") or line.startswith("| ["):
             assert not re.search(r"\b(held|did not hold)\b(?!-)", line), line
