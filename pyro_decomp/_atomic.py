@@ -40,7 +40,7 @@ def atomic_open(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
 
     ``path`` must be a regular file or absent: a symbolic link or anything else there raises
     :class:`UnsafePathError` before anything is written. The temporary file is created with
-    ``O_EXCL | O_NOFOLLOW`` and written through that descriptor. An ``OSError`` while writing (a full disk)
+    ``O_EXCL | O_NOFOLLOW`` and opened again with ``O_NOFOLLOW``. An ``OSError`` while writing (a full disk)
     is raised again with ``path`` as its file name, so that its one-line message names the file.
     """
     path = os.fspath(path)
@@ -55,7 +55,9 @@ def atomic_open(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
         except FileExistsError:
             continue
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        # by name (callers use ``f.name``), and again without following a link
+        with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
             try:
                 yield f
                 f.flush()

@@ -33,7 +33,7 @@ from pyro_decomp.util import seeded
 __all__ = ["EarlyStopping", "TensorBoardCallback"]
 
 #: record keys that are positions in the run or flags, not measurements
-NOT_LOGGED = ("epoch", "global_step", "seconds")
+NOT_LOGGED = ("epoch", "global_step", "seconds", "steps")
 HELD_OUT = "heldout_"
 #: the quantities of the training-curves figure, where the run logs them (``other_kl`` where it is not 0)
 CURVES = ("loss", "reconstruction", "kl", "divergence")
@@ -60,9 +60,10 @@ def _tag(key: str) -> str:
 class TensorBoardCallback:
     """Log a run to TensorBoard: each epoch's numbers as scalars and, at the end, the run's figures.
 
-    Every numeric value of an epoch's record (but ``epoch``, ``global_step``, ``seconds`` and flags) is
-    written at step = epoch under ``train/KEY``, or ``heldout/KEY`` for the held-out ``heldout_KEY``. When
-    training ends, with ``figures``, the training curves and the aggregate encoding q(z) (one draw of
+    Every numeric value of an epoch's record (but ``epoch``, ``global_step``, ``seconds``, ``steps`` and
+    flags) is written at step = epoch under ``train/KEY``, or ``heldout/KEY`` for the held-out
+    ``heldout_KEY``. When training ends, with ``figures``, the training curves (without the divergence when
+    α = 0) and the aggregate encoding q(z) (one draw of
     q(z|x) for up to 2000 training points) against the prior p(z) are added as images
     ``figures/training_curves`` and ``figures/aggregate_posterior``, and the writer is closed.
 
@@ -136,7 +137,8 @@ class TensorBoardCallback:
     @staticmethod
     def _curves(trainer, path: str) -> Optional[str]:
         records = read_metrics(trainer.run_dir) if trainer.run_dir is not None else list(trainer.history)
-        keys = [k for k in CURVES if any(_is_number(r.get(k)) for r in records)]
+        unused = {"divergence"} if trainer.config.alpha == 0 else set()  # not in the objective
+        keys = [k for k in CURVES if k not in unused and any(_is_number(r.get(k)) for r in records)]
         if any(_is_number(r.get("other_kl")) and r["other_kl"] != 0 for r in records):
             keys.append("other_kl")
         if not keys:

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument(
         "--seeds",
-        type=_number(int, "seeds", 0, upper=SEED_MAXIMUM),
+        type=_number(int, "seeds", upper=SEED_MAXIMUM),
         nargs="+",
         default=None,
         help="training seeds (default: the scale's)",

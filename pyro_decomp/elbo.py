@@ -141,6 +141,17 @@ class _Marks(Messenger):
             self.names.append(msg["name"])
 
 
+def _cuda_devices(trace) -> list:
+    """The CUDA devices of a trace's sample values, whose generators a forked random state must cover."""
+    return sorted(
+        {
+            site["value"].device.index or 0
+            for site in trace.nodes.values()
+            if site["type"] == "sample" and torch.is_tensor(site["value"]) and site["value"].is_cuda
+        }
+    )
+
+
 def _divergence_name(divergence) -> str:
     """The estimator's name (``"mmd"``, ``"inclusive-kl"``, ...) for messages, else its repr."""
     name = _estimator_flag(divergence, "name")
@@ -251,6 +262,8 @@ class DecompositionELBO(Trace_ELBO):
                 )
         self.latent_sites = latent_sites
         self.analytic_kl = bool(analytic_kl)
+        self.last_components: Dict[str, float] = {}  # of the last loss_and_grads call
+        self._step_components = None
 
     @property
     def beta(self) -> float:
@@ -443,12 +456,54 @@ class DecompositionELBO(Trace_ELBO):
             loss = loss + self.alpha * terms["weighted_divergence"]
         return loss
 
+    def _components_of(self, terms) -> Dict[str, float]:
+        """The per-point loss components of one trace pair's ``terms`` (see :meth:`loss_components`)."""
+        n = terms["n"]
+        elbo = terms["reconstruction"] - self.beta * terms["kl"] - terms["other_kl"]
+        return {
+            "reconstruction": torch_item(terms["reconstruction"]) / n,
+            "kl": torch_item(terms["kl"]) / n,
+            "other_kl": torch_item(terms["other_kl"]) / n,
+            "divergence": torch_item(terms["divergence"]) * self._particles_per_trace,
+            "loss": (torch_item(-elbo) + self.alpha * torch_item(terms["weighted_divergence"])) / n,
+        }
+
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         terms = self._terms(
             model_trace, guide_trace, with_divergence=self.alpha != 0.0, with_kl=self.beta != 0.0
         )
         surrogate_loss = self._loss_from_terms(terms)
+        if self._step_components is not None:
+            self._record_components(model_trace, guide_trace, terms)
         return torch_item(surrogate_loss), surrogate_loss
+
+    def _record_components(self, model_trace, guide_trace, terms) -> None:
+        """Add one trace pair's loss components to those of the step in progress, from the traces that the
+        step differentiates: no network is run again. A term that the loss leaves out (the divergence at
+        alpha = 0, the KL at beta = 0) is computed without gradients, its draws from a forked generator so
+        that the training run is the same with or without the record."""
+        with torch.no_grad():
+            terms = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
+            if self.alpha == 0.0:  # the divergence's draws: what loss_components would draw next
+                with torch.random.fork_rng(devices=_cuda_devices(guide_trace)):
+                    terms = self._terms(model_trace, guide_trace, with_divergence=True)
+            elif self.beta == 0.0:  # the KL draws nothing: analytic, or on the guide's sample
+                with_kl = self._terms(model_trace, guide_trace, with_divergence=False)
+                terms.update(kl=with_kl["kl"])
+            for key, value in self._components_of(terms).items():
+                self._step_components[key] = self._step_components.get(key, 0.0) + value / self.num_particles
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """As :meth:`pyro.infer.Trace_ELBO.loss_and_grads`; also keeps the step's per-point loss components
+        (averaged over ``num_particles``, the keys of :meth:`loss_components`) in :attr:`last_components`,
+        computed from the traces that the step differentiates."""
+        self._step_components = {}
+        try:
+            loss = super().loss_and_grads(model, guide, *args, **kwargs)
+            self.last_components = self._step_components
+        finally:
+            self._step_components = None
+        return loss
 
     # ------------------------------------------------------------------------------------------ API
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -478,14 +533,6 @@ class DecompositionELBO(Trace_ELBO):
         with torch.no_grad():
             for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
                 terms = self._terms(model_trace, guide_trace, with_divergence=True)
-                n = terms["n"]
-                k = self._particles_per_trace
-                totals["reconstruction"] += torch_item(terms["reconstruction"]) / n
-                totals["kl"] += torch_item(terms["kl"]) / n
-                totals["other_kl"] += torch_item(terms["other_kl"]) / n
-                totals["divergence"] += torch_item(terms["divergence"]) * k
-                elbo = terms["reconstruction"] - self.beta * terms["kl"] - terms["other_kl"]
-                totals["loss"] += (
-                    torch_item(-elbo) + self.alpha * torch_item(terms["weighted_divergence"])
-                ) / n
+                for key, value in self._components_of(terms).items():
+                    totals[key] += value
         return {key: value / self.num_particles for key, value in totals.items()}

@@ -482,7 +482,11 @@ def _measure(
             total=6 if ground_truth else 3, desc="metrics", unit="metric", disable=not progress, leave=False
         )
         codes = _encode(vae, x, sample=False)
-        result["hoyer_sparsity"] = metrics.hoyer_sparsity(codes)
+        try:
+            result["hoyer_sparsity"] = metrics.hoyer_sparsity(codes)
+        except ValueError as e:  # constant codes (a collapsed encoder) have no normalised sparsity
+            result["hoyer_sparsity"] = None
+            result["hoyer_sparsity_undefined"] = str(e)
         stages.update(1)
         ov = metrics.overlap(vae, x, num_samples=n, generator=torch.Generator().manual_seed(seed))
         result["overlap"] = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in ov.items()}

@@ -5,16 +5,17 @@
     L_{α,β} = Σ_n ( E_{q(z|x_n)}[log p(x_n|z)] − β KL(q(z|x_n) ‖ p(z)) ) − α N D(q(z), p(z)),
 
 with Pyro SVI and Adam (amsgrad, as the paper), one minibatch at a time with ``dataset_size = N`` so that the
-data plate scales by N/B. Each epoch appends a record to ``RUN_DIR/metrics.jsonl`` (with held-out loss
-components every ``eval_every`` epochs where the data set has a test split); checkpoints hold the model (and
-with it the prior), the optimiser, every process's random number generators and the position in the run.
-The order of the data in epoch e is a function of (seed, e) alone, so a run resumed from a checkpoint takes
-the same steps as one that never stopped: on CPU with the same number of threads the parameters agree
-bitwise. SIGINT (Ctrl-C), SIGTERM (what a job scheduler or ``docker stop`` sends) and SIGHUP (a closed
-terminal or SSH session) finish the current step, write a checkpoint and raise :class:`TrainingInterrupted`.
-When an epoch gives a new lowest held-out loss, ``best.pt`` is written before ``checkpoint.pt``: a kill
-between the two leaves a checkpoint from before that epoch, and the resumed run, which repeats the epoch
-exactly, writes ``best.pt`` again, so the two files never disagree.
+data plate scales by N/B. Each epoch appends a record to ``RUN_DIR/metrics.jsonl``: the loss and its
+components as means over the epoch's steps (:mod:`pyro_decomp.epoch_means`), and held-out loss components
+every ``eval_every`` epochs where the data set has a test split. Checkpoints hold the model (and with it the
+prior), the optimiser, every process's random number generators and the position in the run. The order of
+the data in epoch e is a function of (seed, e) alone, so a run resumed from a checkpoint takes the same steps
+as one that never stopped: on CPU with the same number of threads the parameters agree bitwise. SIGINT
+(Ctrl-C), SIGTERM (what a job scheduler or ``docker stop`` sends) and SIGHUP (a closed terminal or SSH
+session) finish the current step, write a checkpoint and raise :class:`TrainingInterrupted`. When an epoch
+gives a new lowest held-out loss, ``best.pt`` is written before ``checkpoint.pt``: a kill between the two
+leaves a checkpoint from before that epoch, and the resumed run, which repeats the epoch exactly, writes
+``best.pt`` again, so the two files never disagree.
 
 Callbacks are objects with optional methods ``on_epoch_end(trainer, record)`` and ``on_train_end(trainer)``;
 one that sets ``trainer.should_stop = True`` ends training cleanly after the epoch, with a checkpoint.
@@ -32,10 +33,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer.util import zero_grads
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from pyro_decomp._pyro_compat import pyro_name, zero_grads
 from pyro_decomp.config import RunConfig, resolve_device
 from pyro_decomp.data.indexing import batches, subset_index, take
 from pyro_decomp.distributed import (
@@ -44,6 +45,7 @@ from pyro_decomp.distributed import (
     all_reduce_mean,
     average_gradients,
 )
+from pyro_decomp.epoch_means import EpochMeans
 from pyro_decomp.runs import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -73,7 +75,6 @@ __all__ = [
 ]
 
 HELD_OUT_POINTS = 10000  # the most test points whose loss components are averaged
-STEP_BINS = 100  # the most per-step loss values an epoch's record keeps (block means)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -123,30 +124,6 @@ def average_loss_components(elbo, vae, batches: Iterable[torch.Tensor]) -> Dict[
                 sums[key] = sums.get(key, 0.0) + float(value) * len(x)
             used += len(x)
     return {k: v / used for k, v in sums.items()} if used else {}
-
-
-def _new_partial() -> Dict[str, Any]:
-    """The running sums of an epoch in progress (kept in checkpoints, so a resumed epoch's means are
-    those of an epoch that never stopped)."""
-    return {"loss_sum": 0.0, "steps": 0, "component_sums": {}, "step_losses": []}
-
-
-def _restore_partial(saved: Dict[str, Any]) -> Dict[str, Any]:
-    partial = _new_partial()
-    partial["loss_sum"] = float(saved["loss_sum"])
-    partial["steps"] = int(saved["steps"])
-    partial["component_sums"] = {k: float(v) for k, v in saved.get("component_sums", {}).items()}
-    partial["step_losses"] = [float(v) for v in saved.get("step_losses", [])]
-    return partial
-
-
-def _block_means(values: List[float], blocks: int) -> List[float]:
-    """``values`` in at most ``blocks`` consecutive blocks of equal size (the last may be shorter), each
-    replaced by its mean."""
-    if not values:
-        return []
-    size = -(-len(values) // blocks)
-    return [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)]
 
 
 class _Stop(Exception):
@@ -214,7 +191,7 @@ class Trainer:
         self.global_step = 0
         self.best_heldout: Optional[float] = None
         self.should_stop = False
-        self._partial = _new_partial()
+        self._partial = EpochMeans()
         self._pending_optim_state: Dict[str, Any] = {}
         self._signal: Optional[int] = None
         self._in_update = False
@@ -235,7 +212,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     @property
     def _prefix(self) -> str:
-        return getattr(self.vae, "_pyro_name", "") or ""
+        return pyro_name(self.vae)
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything a resume needs, as tensors and plain values (``torch.load(weights_only=True)``-safe).
@@ -251,12 +228,7 @@ class Trainer:
             epoch=self.epoch,
             step=self.step_in_epoch,
             global_step=self.global_step,
-            partial={
-                "loss_sum": self._partial["loss_sum"],
-                "steps": self._partial["steps"],
-                "component_sums": dict(self._partial["component_sums"]),
-                "step_losses": list(self._partial["step_losses"]),
-            },
+            partial=self._partial.state_dict(),
             best_heldout=self.best_heldout,
             model=self.vae.state_dict(),
             optimizer=optim_state,
@@ -284,7 +256,7 @@ class Trainer:
         self.step_in_epoch = int(state["step"])
         self.global_step = int(state["global_step"])
         self.best_heldout = state.get("best_heldout")
-        self._partial = _restore_partial(state["partial"])
+        self._partial = EpochMeans.from_state(state["partial"])
         ranks = state.get("rng_ranks")
         if ranks is not None and len(ranks) == self.context.world_size:
             set_rng_state(ranks[self.context.rank])
@@ -568,49 +540,24 @@ class Trainer:
         return False
 
     # ------------------------------------------------------------------ the epoch's record
-    def _step_components(self, x: torch.Tensor) -> Optional[Dict[str, float]]:
-        """The loss components of the batch ``x`` at the parameters its step starts from (a forked
-        generator: the training run is unchanged), without the loss itself, which the step gives; None when
-        they fail on invalid values (the step then reports the failure)."""
-        try:
-            components = self.loss_components(x)
-        except ValueError:
-            return None
+    def _step_components(self) -> Dict[str, float]:
+        """The loss components of the step just taken (averaged over processes), as the ELBO computed them
+        from the traces it differentiated (:attr:`DecompositionELBO.last_components`), without the loss
+        itself, which the step gives; {} for an ELBO that keeps none."""
+        components = dict(getattr(self.elbo, "last_components", None) or {})
         components.pop("loss", None)
+        if components and self.context.enabled:
+            keys = sorted(components)
+            values = torch.tensor([components[k] for k in keys], dtype=torch.float64, device=self.device)
+            components = dict(zip(keys, all_reduce_mean(values).cpu().tolist()))
         return components
-
-    def _accumulate(self, loss: float, components: Dict[str, float]) -> None:
-        partial = self._partial
-        partial["loss_sum"] += loss
-        partial["steps"] += 1
-        partial["step_losses"].append(loss)
-        sums = partial["component_sums"]
-        for key, value in components.items():
-            sums[key] = sums.get(key, 0.0) + value
-
-    def _epoch_record(self, epoch: int) -> Dict[str, Any]:
-        """The epoch's record: ``loss`` and every loss component are means over the epoch's steps (each
-        evaluated on the step's batch), ``step_loss`` the per-step losses in at most :data:`STEP_BINS`
-        consecutive blocks (the mean of each), for the curves of runs with few epochs."""
-        partial = self._partial
-        steps = max(partial["steps"], 1)
-        record: Dict[str, Any] = {
-            "epoch": epoch,
-            "global_step": self.global_step,
-            "loss": partial["loss_sum"] / steps,
-        }
-        for key, value in sorted(partial["component_sums"].items()):
-            record[key] = value / steps
-        record["steps"] = partial["steps"]
-        record["step_loss"] = _block_means(partial["step_losses"], STEP_BINS)
-        return record
 
     def _run_epoch(self, epoch: int) -> Dict[str, Any]:
         start = time.perf_counter()
         index_batches = self._epoch_batches(epoch)
         first = self.step_in_epoch
         if first == 0:
-            self._partial = _new_partial()
+            self._partial = EpochMeans()
         inner = tqdm(
             total=len(index_batches),
             initial=first,
@@ -629,20 +576,18 @@ class Trainer:
         try:
             for step, x in enumerate(data, first + 1):
                 x = x.to(self.device, non_blocking=True)
-                components = self._step_components(x)
                 loss = self.step(x, epoch, step) / self.dataset_size
-                if components is None:
-                    raise self._non_finite("loss components", "(invalid values)", epoch, step, x)
+                components = self._step_components()
                 self.step_in_epoch = step
                 self.global_step += 1
-                self._accumulate(loss, components)
+                self._partial.add(loss, components)
                 inner.set_postfix(loss=f"{loss:.4g}")
                 inner.update(1)
                 if self._signal is not None:
                     raise _Stop
         finally:
             inner.close()
-        record = self._epoch_record(epoch)
+        record = self._partial.record(epoch, self.global_step)
         eval_every = self.config.eval_every
         if eval_every and (epoch % eval_every == 0 or epoch == self.config.epochs):
             record.update(self.heldout_components())

@@ -98,6 +98,9 @@ def test_npy_and_pt_files(tmp_path):
     torch.save({"x": torch.zeros(5, 3, 8, 8, dtype=torch.uint8), "y": torch.arange(5)}, tmp_path / "t.pt")
     train, test = load_source(str(tmp_path / "t.pt"), {"test_fraction": 0.4})
     assert train.tensors[0].shape == (3, 3, 8, 8) and len(test) == 2 and test.labels is not None
+    torch.save({"x": torch.zeros(3, 2), "note": object()}, tmp_path / "pickled.pt")  # not tensors only
+    with pytest.raises(DataSourceError, match="cannot read the array file .*pickled.pt"):
+        load_source(str(tmp_path / "pickled.pt"), {})
     with pytest.raises(DataSourceError, match="unknown data options \\['size'\\]"):
         load_source(str(tmp_path / "v.npy"), {"size": 3})
 

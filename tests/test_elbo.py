@@ -553,3 +553,31 @@ def test_readme_tutorial_model_trains(capsys):
     assert all(math.isfinite(v) for v in parts.values())
     assert parts["divergence"] != 0.0  # the marked site "latent" is the decomposition's
     assert "reconstruction" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("beta, alpha", [(1.0, 0.0), (0.0, 1.0), (2.0, 3.0)])
+@pytest.mark.parametrize("particles", [1, 2])
+def test_the_steps_components_come_from_its_own_traces_and_change_nothing(beta, alpha, particles):
+    """Recording a step's components leaves the gradients and the random state as ``differentiable_loss``
+    leaves them (the terms that the loss leaves out draw from a forked generator), and they equal
+    ``loss_components`` at the same parameters and random state wherever the two draw the same numbers: not
+    at alpha = 0 with several particles, where ``loss_components`` draws the divergence's samples between
+    the particles and the step must not."""
+    vae = make_vae(PRIORS["normal"](2))
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
+    elbo = DecompositionELBO(beta=beta, alpha=alpha, divergence="inclusive-kl", num_particles=particles)
+    pyro.set_rng_seed(1)
+    elbo.loss_and_grads(vae.model, vae.guide, x, dataset_size=40)
+    recorded_grads = [p.grad.clone() for p in vae.parameters()]
+    recorded_state = torch.get_rng_state()
+    vae.zero_grad()
+    pyro.set_rng_seed(1)
+    elbo.differentiable_loss(vae.model, vae.guide, x, dataset_size=40).backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(vae.parameters(), recorded_grads))
+    assert torch.equal(torch.get_rng_state(), recorded_state)
+    pyro.set_rng_seed(1)
+    expected = elbo.loss_components(vae.model, vae.guide, x, dataset_size=40)
+    assert elbo.last_components.keys() == expected.keys()
+    if particles == 1 or alpha != 0.0:
+        for key, value in expected.items():
+            assert elbo.last_components[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key

@@ -226,3 +226,29 @@ def test_no_divergence_panel_when_alpha_is_zero(tmp_path, monkeypatch):
         )
         shown = panels[os.path.join(out, "training_curves.png")]
         assert ("divergence" in shown) == (alpha != 0) and "loss" in shown
+
+
+def test_evaluate_warns_when_the_encoder_has_collapsed(tmp_path, capsys):
+    """An encoder whose last layer is zero gives every x the same q(z|x): I(x; z) = 0 and every dimension
+    inactive. The warning is one line of the summary and a field of evaluation.json; a trained encoder
+    gets none."""
+    from pyro_decomp.runs import load_checkpoint, save_checkpoint
+
+    run_dir = str(tmp_path / "run")
+    # the pinwheel decoder's own scale (tiny's options replace the preset): z carries x after 2 epochs
+    train(tiny(epochs=2, network_options={"hidden": [16], "scale": "decoder"}), run_dir, progress=False)
+    argv = ["evaluate", run_dir, "--max-points", "40", "--iwae-samples", "2", "--no-figures", "--no-progress"]
+    assert main(argv) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    assert json.load(open(os.path.join(run_dir, "evaluation.json")))["collapse_warning"] is None
+    path = os.path.join(run_dir, "checkpoint.pt")
+    state = load_checkpoint(path)
+    for key in ("encoder.head.weight", "encoder.head.bias"):
+        state["model"][key] = torch.zeros_like(state["model"][key])
+    save_checkpoint(state, path)
+    assert main(argv) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "collapsed" in warnings[0]
+    result = json.load(open(os.path.join(run_dir, "evaluation.json")))
+    assert abs(result["overlap"]["mutual_information"]) < 1e-6
+    assert result["collapse_warning"] == warnings[0][len("WARNING: ") :]

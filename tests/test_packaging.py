@@ -80,9 +80,9 @@ def test_readme_library_example_twice_in_one_process(tmp_path):
 
 # The import floors, lowest first: a module imports only modules of lower floors or earlier in its own floor.
 FLOORS = [
-    ["version", "util", "_atomic", "_pyro_compat"],
+    ["version", "util", "_atomic", "_pyro_compat", "epoch_means"],
     ["data", "distributions", "divergences", "nets", "distributed"],
-    ["distribution_prior", "priors", "marginals", "elbo", "metrics", "label_placement", "plots", "summary"],
+    ["distribution_prior", "priors", "marginals", "elbo", "metrics", "summary", "label_placement", "plots"],
     ["vae"],
     ["config", "build", "run_files", "runs"],
     ["trainer", "callbacks", "training", "evaluation", "sweeps"],

@@ -664,3 +664,18 @@ def test_a_figure_that_cannot_be_written_fails_in_one_line_and_leaves_the_old_fi
     assert "\n" not in message and str(path) in message and "No space left on device" in message
     assert info.value.errno == errno.ENOSPC
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary
+
+
+def test_aggregate_posterior_against_a_flow_prior(tmp_path):
+    """A normalising flow has no closed-form mean; its density is drawn on the grid all the same, and drawing
+    it leaves the caller's random state alone."""
+    import pyro.distributions.transforms as T
+
+    torch.manual_seed(0)
+    flow = dist.TransformedDistribution(dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), [T.spline(2)])
+    with pytest.raises(NotImplementedError):
+        _ = flow.mean
+    codes = torch.randn(500, 2)
+    state = torch.get_rng_state()
+    check_png(plot_aggregate_posterior(codes, flow, tmp_path / "flow.png"), (9, 4))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -30,6 +30,10 @@ class _InterruptAt:
     def loss_components(self, *args, **kwargs):
         return self.elbo.loss_components(*args, **kwargs)
 
+    @property
+    def last_components(self):
+        return self.elbo.last_components
+
 
 def _trainer(config, run_dir):
     pyro.set_rng_seed(config.seed)

@@ -295,7 +295,7 @@ class Shapes(GroundTruthData):
                 self._storage = PackedImages(path=self.cache_path)
                 return
             except OSError as e:
-                if e.errno not in _UNWRITABLE:
+                if not isinstance(e, PermissionError) and e.errno not in _UNWRITABLE:
                     raise
                 warnings.warn(
                     f"cannot write the shapes cache {self.cache_path} ({e.strerror or e}); rendering in "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -299,8 +300,11 @@ def _read_arrays(path: str) -> Dict[str, Any]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
             arrays = loaded if isinstance(loaded, dict) else {"x": loaded}
-    except (OSError, ValueError, RuntimeError, EOFError) as e:
-        raise DataSourceError(f"cannot read the array file {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()
+        raise DataSourceError(
+            f"cannot read the array file {path}: {first[0] if first else type(e).__name__}"
+        ) from None
     unknown = sorted(set(arrays) - set(ARRAY_KEYS))
     if "x" not in arrays or unknown:
         raise DataSourceError(

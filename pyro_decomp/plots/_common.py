@@ -149,9 +149,12 @@ def _prior_draws(prior, num: int, generator: Optional[torch.Generator]) -> np.nd
 def _density_on_grid(prior, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """The 2-D prior's density p(z) at every (xs[i], ys[j]), as float64 ``(len(xs), len(ys))``."""
     grid = torch.as_tensor(np.stack(np.meshgrid(xs, ys, indexing="ij"), -1))
-    mean = getattr(prior, "mean", None)
     with torch.no_grad():
-        dtype = mean.dtype if torch.is_tensor(mean) else torch.float32
+        try:
+            dtype = prior.mean.dtype
+        except NotImplementedError:  # a flow has no closed-form mean: a draw says its dtype
+            with torch.random.fork_rng(devices=[]):
+                dtype = prior.sample().dtype
         return prior.log_prob(grid.to(dtype)).exp().double().cpu().numpy()
 
 

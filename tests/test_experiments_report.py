@@ -1,0 +1,85 @@
+"""The reproduction report from measured results, without training: verdicts only on seeds enough, every
+table and headline saying so otherwise, tables and commands well formed."""
+
+import dataclasses
+import json
+import re
+
+from pyro_decomp.experiments import experiment_config
+from pyro_decomp.experiments.report import _anchor, _markdown_table, command, write_report
+from pyro_decomp.experiments.verdicts import CLAIMS, VERDICTS
+
+
+def clustering_result(seeds):
+    """A clustering result as the runner writes it, with made-up measurements: the α arms cluster better."""
+    config = experiment_config("clustering", "smoke")
+    arms = [
+        {
+            **dataclasses.asdict(arm),
+            "prior_options": dict(arm.prior_options),
+            "network_options": dict(arm.network_options),
+            "label": arm.label or arm.name,
+        }
+        for arm in config.arms
+    ]
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            ari = (0.9 if arm["alpha"] > 0 else 0.4) + 0.01 * seed
+            metrics = {"ari": ari, "components_used": 4.0, "decoder_scale": 0.1, "inclusive_kl": 0.2}
+            metrics.update(mmd=0.01, mutual_information=1.0, reconstruction=-1.0)
+            runs.append(
+                {"arm": arm["name"], "seed": seed, "metrics": metrics, "train_seconds": 1.0, "figures": {}}
+            )
+    settings = {**config.settings(), "seeds": list(seeds)}
+    result = {
+        "experiment": "clustering",
+        "scale": "smoke",
+        "claim": CLAIMS["clustering"],
+        "stand_in": "",
+        "settings": settings,
+        "arms": arms,
+        "runs": runs,
+        "seconds": 60.0,
+        "workers": 1,
+        "figures": [],
+        "command": "pyro-decomp reproduce clustering --scale smoke --out x",
+    }
+    result["verdict"] = VERDICTS["clustering"](result)
+    return result
+
+
+def test_one_seed_is_not_judged_in_the_headline_and_above_every_table(tmp_path):
+    result = clustering_result([0])
+    assert result["verdict"]["status"] == "not judged (1 seed)"
+    text = open(write_report([result], tmp_path)).read()
+    headline, section = re.split(r"^## ", text, flags=re.M)
+    assert "| [clustering](#clustering-pinwheel-with-a-mixture-prior) | not judged (1 seed) |" in headline
+    assert "**At the `smoke` scale: not judged (1 seed).**" in section
+    tables = section.count("| arm |")
+    assert tables == 3 and section.count("*Not judged (1 seed):") == tables  # three likelihood settings
+    for line in section.splitlines():  # no verdict word anywhere a reader looks first
+        if line.startswith("**At the") or line.startswith("| ["):
+            assert not re.search(r"\b(held|did not hold)\b(?!-)", line), line
+    assert (
+        json.loads((tmp_path / "results.json").read_text())[0]["verdict"]["status"] == "not judged (1 seed)"
+    )
+
+
+def test_three_seeds_are_judged_by_the_rule(tmp_path):
+    result = clustering_result([0, 1, 2])
+    assert result["verdict"]["status"] == "held"
+    text = open(write_report([result], tmp_path, command="pyro-decomp reproduce all")).read()
+    assert "not judged (" not in text.split("## ")[1].split("**At the")[1].splitlines()[0]
+    assert "*Not judged" not in text and "| held |" in text
+    assert "Regenerate this report with:" in text and "pyro-decomp reproduce all" in text
+    assert (tmp_path / ".gitignore").read_text().strip().endswith("*/runs/")
+
+
+def test_tables_escape_pipes_and_commands_quote_paths():
+    table = _markdown_table(["a|b", "c"], [["x|y", 1]])
+    assert table.splitlines() == ["| a\\|b | c |", "|---|---|", "| x\\|y | 1 |"]
+    line = command("all", "cpu", "my results", [0, 1], "data dir", threads=1)
+    expected = "pyro-decomp reproduce all --scale cpu --out 'my results' --seeds 0 1 --data-root 'data dir'"
+    assert line == expected + " --threads 1"
+    assert _anchor("Clustering: pinwheel with a mixture prior") == "clustering-pinwheel-with-a-mixture-prior"
