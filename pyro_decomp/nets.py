@@ -321,6 +321,19 @@ def conv_halvings(height: int, width: int) -> int:
     return layers
 
 
+def _conv_plan(shape: Tuple[int, ...], channels: Sequence[int], what: str) -> Tuple[int, int, int, int]:
+    """``(C, H, W, L)`` of a conv pair on images of ``shape``: L stride-2 halvings (:func:`conv_halvings`),
+    with a ValueError in one line when ``shape`` is not ``(C, H, W)`` or ``channels`` gives fewer than L
+    sizes. ``what`` begins the first message ("ConvEncoder takes")."""
+    if len(shape) != 3:
+        raise ValueError(f"{what} images of shape (C, H, W), got {shape}")
+    c, h, w = shape
+    layers = conv_halvings(h, w)
+    if len(channels) < layers:
+        raise ValueError(f"channels must give at least {layers} sizes for {h}x{w} images, got {channels}")
+    return c, h, w, layers
+
+
 class ConvEncoder(nn.Module):
     """Convolutional encoder for ``(B, C, H, W)`` images of any channel count C and sides that
     :func:`conv_halvings` takes: L = conv_halvings(H, W) 4x4 stride-2 convolutions (channels
@@ -338,13 +351,8 @@ class ConvEncoder(nn.Module):
     ):
         super().__init__()
         self.in_shape = _as_shape(in_shape)
-        if len(self.in_shape) != 3:
-            raise ValueError(f"ConvEncoder takes images of shape (C, H, W), got {self.in_shape}")
         self.latent_dim = _check_dim("latent_dim", latent_dim)
-        c, h, w = self.in_shape
-        layers = conv_halvings(h, w)
-        if len(channels) < layers:
-            raise ValueError(f"channels must give at least {layers} sizes for {h}x{w} images, got {channels}")
+        c, h, w, layers = _conv_plan(self.in_shape, channels, "ConvEncoder takes")
         chans = [c, *[_check_dim("channels", k) for k in channels[:layers]]]
         convs = []
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -372,13 +380,8 @@ class ConvDecoder(nn.Module):
     ):
         super().__init__()
         self.out_shape = _as_shape(out_shape)
-        if len(self.out_shape) != 3:
-            raise ValueError(f"ConvDecoder makes images of shape (C, H, W), got {self.out_shape}")
         self.latent_dim = _check_dim("latent_dim", latent_dim)
-        c, h, w = self.out_shape
-        layers = conv_halvings(h, w)
-        if len(channels) < layers:
-            raise ValueError(f"channels must give at least {layers} sizes for {h}x{w} images, got {channels}")
+        c, h, w, layers = _conv_plan(self.out_shape, channels, "ConvDecoder makes")
         chans = [*[_check_dim("channels", k) for k in channels[len(channels) - layers :]], c]
         self.start = (chans[0], h >> layers, w >> layers)
         self.fc = nn.Sequential(
