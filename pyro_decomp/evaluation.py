@@ -387,6 +387,7 @@ def evaluate(
 
     :returns: the dict written to ``evaluation.json`` (non-finite numbers as null).
     """
+    load_config(run_dir)  # a directory that holds no run is refused before anything is written there
     check_writable(run_dir)
     if figures:
         check_writable(figures_dir(run_dir))  # a real directory: a link there is refused

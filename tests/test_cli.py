@@ -749,6 +749,10 @@ def test_evaluate_refuses_a_symlinked_lock_in_one_line_and_leaves_its_target(tmp
     victim.write_text("precious\n")
     run = tmp_path / "run"
     run.mkdir()
+    from pyro_decomp.config import RunConfig
+    from pyro_decomp.runs import save_config
+
+    save_config(RunConfig(), str(run))  # a run directory, into which a link was planted
     os.symlink(victim, run / ".lock")
     assert main(["evaluate", str(run), "--no-progress"]) == 1
     err = capsys.readouterr().err

@@ -252,3 +252,12 @@ def test_evaluate_warns_when_the_encoder_has_collapsed(tmp_path, capsys):
     result = json.load(open(os.path.join(run_dir, "evaluation.json")))
     assert abs(result["overlap"]["mutual_information"]) < 1e-6
     assert result["collapse_warning"] == warnings[0][len("WARNING: ") :]
+
+
+def test_evaluate_of_a_directory_without_a_run_writes_nothing_there(tmp_path):
+    """Not even a lock file: the directory is refused, naming its missing configuration, before any write."""
+    (tmp_path / "notes.txt").write_text("the user's")
+    with pytest.raises(FileNotFoundError, match="no run configuration at") as info:
+        evaluate(str(tmp_path), figures=False)
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
