@@ -107,10 +107,10 @@ def test_ground_truth_run_gets_disentanglement_and_mig(tmp_path):
 
 
 def test_no_arguments_mean_the_papers_pinwheel_setting():
-    from pyro_decomp.cli import _config_from_args
+    from pyro_decomp.cli.flags import config_from_args
 
     args = build_parser().parse_args(["train"])
-    assert _config_from_args(args) == RunConfig()
+    assert config_from_args(args) == RunConfig()
     paper = RunConfig()
     assert (paper.prior, paper.beta, paper.alpha, paper.divergence) == ("pinwheel", 0.0, 1.0, "inclusive-kl")
     assert (paper.latent_dim, paper.batch_size, paper.lr, paper.epochs) == (2, 400, 1e-3, 500)
@@ -281,12 +281,12 @@ def _train_flags():
 def test_the_train_flags_are_exactly_the_run_config_fields():
     import dataclasses
 
-    from pyro_decomp.cli import _RUN_FLAGS, config_flag
+    from pyro_decomp.cli.flags import RUN_FLAGS, config_flag
     from pyro_decomp.config import RECORDS
 
     flags = _train_flags()
     fields = {f.name for f in dataclasses.fields(RunConfig)} - set(RECORDS)  # records are written, not set
-    assert set(flags) - set(_RUN_FLAGS) == fields  # one flag per field, and no other setting
+    assert set(flags) - set(RUN_FLAGS) == fields  # one flag per field, and no other setting
     for name in fields:
         assert config_flag(name) == "--" + name.replace("_", "-") in flags[name].option_strings
         assert flags[name].help  # the field's metadata
@@ -790,7 +790,7 @@ def test_numbers_out_of_range_in_a_config_file_name_the_setting(tmp_path, capsys
 
 
 def test_figures_are_drawn_under_the_lock_and_hints_are_shell_quoted(tmp_path, capsys, monkeypatch):
-    import pyro_decomp.cli as cli_module
+    import pyro_decomp.cli.run_commands as cli_module
     from pyro_decomp.runs import RunLocked, lock_run
 
     draw, held = cli_module.write_figures, []
@@ -865,11 +865,11 @@ def test_the_readmes_shapes_command_is_the_quick_subsampled_one():
     import pathlib
     import shlex
 
-    from pyro_decomp.cli import _config_from_args
+    from pyro_decomp.cli.flags import config_from_args
 
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
     line = next(t for t in readme.splitlines() if t.startswith("pyro-decomp train --dataset shapes"))
     argv = shlex.split(line.split("#")[0])[1:]
-    config = _config_from_args(build_parser().parse_args(argv))
+    config = config_from_args(build_parser().parse_args(argv))
     assert config.data_options["subsample"] == {"orientation": 10, "position_x": 4, "position_y": 4}
     assert "about 5 minutes" in line and "30 hours" in readme and "for a GPU" in readme

@@ -169,7 +169,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeyp
     import errno
 
     from pyro_decomp import _atomic
-    from pyro_decomp.cli import _message
+    from pyro_decomp.cli.flags import one_line
 
     path = str(tmp_path / "evaluation.json")
     runs.write_json(path, {"old": True})
@@ -180,7 +180,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, monkeyp
     monkeypatch.setattr(_atomic.os, "fsync", full)
     with pytest.raises(OSError) as info:
         runs.write_json(path, {"new": True})
-    assert _message(info.value) == f"No space left on device: {path}"
+    assert one_line(info.value) == f"No space left on device: {path}"
     assert json.load(open(path)) == {"old": True}
     assert os.listdir(tmp_path) == ["evaluation.json"]
 

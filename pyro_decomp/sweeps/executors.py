@@ -41,6 +41,7 @@ import torch
 __all__ = [
     "EXTRAS",
     "Dask",
+    "Executor",
     "Local",
     "ResumableTask",
     "Submitit",
@@ -78,6 +79,21 @@ def _check_count(name: str, value, minimum: int = 1) -> int:
     return value
 
 
+class Executor:
+    """Where tasks run. ``run(fn, items, done)`` calls ``fn(item)`` for each item somewhere and
+    ``done(index, result)`` here as each finishes (a true return stops the rest); ``close()`` releases what
+    the executor opened. Used as a context manager, it is closed on exit."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ---------------------------------------------------------------------------------------------- local
 def die_with_parent(parent: int) -> None:
     """Make this process die when the process ``parent`` does, in whatever way it dies.
@@ -110,7 +126,7 @@ def _start_worker(parent: int, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class Local:
+class Local(Executor):
     """Tasks in ``workers`` local processes (``spawn``: torch and ``fork`` do not mix), one torch thread
     each by default.
 
@@ -225,7 +241,7 @@ class ResumableTask:
         return helpers.DelayedSubmission(ResumableTask(self.fn), item)
 
 
-class Submitit:
+class Submitit(Executor):
     """Tasks as a SLURM job array through ``submitit.AutoExecutor``.
 
     :param folder: submitit's folder of job scripts, logs and pickled results.
@@ -289,7 +305,7 @@ class Submitit:
 
 
 # ---------------------------------------------------------------------------------------------- dask
-class Dask:
+class Dask(Executor):
     """Tasks on a Dask cluster: ``Client.submit(fn, item, pure=False, retries=retries)``.
 
     :param scheduler: the scheduler's address (``tcp://host:8786``) or a ``dask.distributed.Client``.
