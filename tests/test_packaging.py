@@ -81,7 +81,7 @@ def test_readme_library_example_twice_in_one_process(tmp_path):
 # The import floors, lowest first: a module imports only modules of lower floors or earlier in its own floor.
 FLOORS = [
     ["version", "util", "_atomic", "_pyro_compat", "epoch_means"],
-    ["data", "distributions", "divergences", "nets", "distributed"],
+    ["data", "distributions", "kernels", "divergences", "nets", "distributed"],
     ["distribution_prior", "priors", "marginals", "elbo", "metrics", "summary", "label_placement", "plots"],
     ["vae"],
     ["config", "build", "run_files", "runs"],
