@@ -20,7 +20,8 @@ Estimators:
 
       MMD^2 = 1/(B(B-1)) sum_{i != j} [k(z_i, z_j) + k(z'_i, z'_j)] - 2/B^2 sum_{i,j} k(z_i, z'_j)
 
-  with the paper's per-dimension inverse multiquadric kernel :class:`~pyro_decomp.kernels.IMQKernel` by default;
+  with the paper's per-dimension inverse multiquadric kernel
+  :class:`~pyro_decomp.kernels.IMQKernel` by default;
 * :class:`InclusiveKL`, KL(p(z) || q(z)) ~= 1/B sum_i [log p(z'_i) - log (1/B) sum_b q(z'_i | x_b)];
 * :class:`ExclusiveKL`, KL(q(z) || p(z)) ~= 1/B sum_i [logsumexp_b log q(z_i | x_b) - log B - log p(z_i)].
 
@@ -204,7 +205,8 @@ class MMD(Divergence):
     averaged over the leading dims of ``z``. Its expectation is MMD^2(q, p) >= 0, zero iff q = p for a
     characteristic kernel; a single estimate can be negative. ``q`` is not used.
 
-    :param kernel: a :class:`~pyro_decomp.kernels.Kernel` or any callable ``k(a, b) -> gram``; default :class:`~pyro_decomp.kernels.IMQKernel` ``()``.
+    :param kernel: a :class:`~pyro_decomp.kernels.Kernel` or any callable ``k(a, b) -> gram``; default
+        :class:`~pyro_decomp.kernels.IMQKernel` ``()``.
 
     Samples of the prior itself score about 0; shifted ones do not:
 
