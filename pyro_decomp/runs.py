@@ -406,7 +406,7 @@ def _lock_holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def lock_run(run_dir: str) -> Iterator[None]:
+def lock_run(run_dir: str, tidy: bool = False) -> Iterator[None]:
     """Hold the exclusive lock of ``run_dir`` (created if needed) for the ``with`` block.
 
     The lock is ``fcntl.flock`` on ``RUN_DIR/.lock``, which records the holder's pid. The kernel releases it
@@ -414,10 +414,15 @@ def lock_run(run_dir: str) -> Iterator[None]:
     is opened without following links and must be a regular file: a symbolic link planted there is refused
     (:class:`UnsafePathError`) and the file it points to is left untouched.
 
+    With ``tidy``, a block that raises and leaves nothing in the directory but the lock file, which this
+    call created, removes that file: a run that fails before writing anything (its data cannot be read,
+    say) leaves no lock file behind.
+
     :raises RunLocked: another process holds it (the message names its pid).
     """
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK_NAME)
+    made_lock = not os.path.lexists(path)
     fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
@@ -434,12 +439,23 @@ def lock_run(run_dir: str) -> Iterator[None]:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
+        except BaseException:
+            if tidy and made_lock:
+                _remove_lone_lock(run_dir, path)
+            raise
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _remove_lone_lock(run_dir: str, path: str) -> None:
+    """Remove the lock file at ``path`` (still held) when it is all that ``run_dir`` holds."""
+    with contextlib.suppress(OSError):
+        if os.listdir(run_dir) == [LOCK_NAME]:
+            os.unlink(path)
 
 
 def checkpoint_state(**entries) -> Dict[str, Any]:

@@ -190,6 +190,27 @@ def _finish(trainer: Trainer) -> Run:
     )
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(run_dir: Optional[str]):
+    """The directories of ``run_dir`` that did not exist before the block (it and any missing parents) and
+    are empty when the block raises are removed: a run that fails before writing anything leaves no
+    directory behind."""
+    made = []
+    path = os.path.abspath(run_dir) if run_dir is not None else None
+    while path and not os.path.lexists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    try:
+        yield
+    except BaseException:
+        for directory in made:  # the deepest first
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty, or not there: it and its parents are left as they are
+                break
+        raise
+
+
 def train(
     config: RunConfig,
     run_dir: Optional[str] = None,
@@ -218,10 +239,10 @@ def train(
     main = int(os.environ.get("RANK", "0")) == 0 if context is None else context.is_main
     writer = run_dir is not None and main
     check_model_size(config, data, device)
-    with _one_training():
+    with _one_training(), _removed_if_left_empty(run_dir if writer else None):
         if writer:
             check_run_dir(run_dir, overwrite=True)  # a directory, and writable: before the lock creates it
-        with lock_run(run_dir) if writer else contextlib.nullcontext():
+        with lock_run(run_dir, tidy=True) if writer else contextlib.nullcontext():
             if writer:
                 settle_overwrite(run_dir)  # an --overwrite cut short by a kill
                 check_run_dir(run_dir, overwrite)  # under the lock: no other process is starting a run there

@@ -161,6 +161,19 @@ def test_a_config_file_of_another_data_set_lends_it_no_preset(tmp_path):
         assert (saved["alpha"], saved["beta"], saved["network_options"]) == (0.0, 1.0, {})
 
 
+def test_a_run_whose_data_cannot_be_read_leaves_no_directory_and_no_lock_file(tmp_path, capsys):
+    bad = tmp_path / "table.npz"
+    bad.write_text("a,b\n1,2\n")  # a CSV file named .npz
+    new = tmp_path / "runs" / "a" / "b"  # neither runs/ nor its subdirectories exist yet
+    assert main(["train", "--dataset", str(bad), "--run-dir", str(new), *QUICK]) == 2
+    assert "it is not a .npz archive" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # every directory the command made is gone again
+    empty = tmp_path / "mine"
+    empty.mkdir()
+    assert main(["train", "--dataset", str(bad), "--run-dir", str(empty), *QUICK]) == 2
+    assert empty.is_dir() and os.listdir(empty) == []  # the user's directory stays, and stays empty
+
+
 def test_bernoulli_on_data_in_minus_one_to_one_is_one_line(tmp_path, capsys):
     path = str(tmp_path / "pm.npz")
     np.savez(path, x=np.linspace(-1, 1, 40, dtype=np.float32).reshape(20, 2))

@@ -105,6 +105,25 @@ def test_npy_and_pt_files(tmp_path):
         load_source(str(tmp_path / "v.npy"), {"size": 3})
 
 
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("text.npz", "not a .npz archive"),
+        ("text.npy", "not a .npy file"),
+        ("empty.npz", "not a .npz archive"),
+    ],
+)
+def test_a_file_not_in_its_extensions_format_is_named_as_such(tmp_path, name, what):
+    path = tmp_path / name
+    path.write_bytes(b"" if name.startswith("empty") else b"x,y\n1,2\n")  # e.g. a CSV saved as .npz
+    with pytest.raises(DataSourceError, match=f"cannot read the array file .*{name}: it is {what}") as e:
+        load_source(str(path), {})
+    assert "pickle" not in str(e.value)  # numpy's own message for such a file speaks of pickled data
+    np.savez(tmp_path / "none.npz")  # an empty archive is one: it fails for having no x, not for its format
+    with pytest.raises(DataSourceError, match=r"none.npz holds arrays \[\]; expected 'x'"):
+        load_source(str(tmp_path / "none.npz"), {})
+
+
 def test_record_is_the_files_digest_and_check_names_a_change_or_vanishing(tmp_path):
     path = _save_npz(tmp_path / "d.npz", x=np.zeros((5, 2), np.float32))
     record = record_source(path)

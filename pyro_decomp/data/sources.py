@@ -290,8 +290,29 @@ def _integers(values, name: str, where: str, n: int, columns: bool) -> torch.Ten
     return t.long()
 
 
+# the first bytes of each file format: a .npz is a zip archive (an empty one starts with its end record)
+_MAGIC = {
+    ".npz": ((b"PK\x03\x04", b"PK\x05\x06"), "a .npz archive (a zip of .npy arrays, as numpy.savez writes)"),
+    ".npy": ((b"\x93NUMPY",), "a .npy file (as numpy.save writes)"),
+}
+
+
+def _check_magic(path: str) -> None:
+    """A ValueError when the first bytes of ``path`` are not those of its extension's format (numpy's own
+    error for a .npz that is not one speaks of pickled data)."""
+    kind = os.path.splitext(path)[1].lower()
+    if kind not in _MAGIC:
+        return
+    starts, what = _MAGIC[kind]
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not any(head.startswith(start) for start in starts):
+        raise ValueError(f"it is not {what}")
+
+
 def _read_arrays(path: str) -> Dict[str, Any]:
     try:
+        _check_magic(path)
         if path.lower().endswith(".npz"):
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
