@@ -260,6 +260,11 @@ def test_reproduce_parser():
         None,
     )
     assert callable(args.func) and args.subparser is not None
+    assert args.report is None  # OUT/report.md
+    assert (
+        parser.parse_args(["reproduce", "all", "--scale", "cpu", "--out", "d", "--report", "r.md"]).report
+        == "r.md"
+    )
     args = parser.parse_args(["reproduce", "clustering", "--scale", "smoke", "--out", "d", "--seeds", "-1"])
     assert args.func(args, args.subparser) == 2  # a bad value is a one-line error that names it
     for bad in (

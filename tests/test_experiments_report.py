@@ -5,6 +5,8 @@ import dataclasses
 import json
 import re
 
+import pytest
+
 from pyro_decomp.experiments import experiment_config
 from pyro_decomp.experiments.report import _anchor, _markdown_table, command, write_report
 from pyro_decomp.experiments.verdicts import CLAIMS, VERDICTS
@@ -83,3 +85,26 @@ def test_tables_escape_pipes_and_commands_quote_paths():
     expected = "pyro-decomp reproduce all --scale cpu --out 'my results' --seeds 0 1 --data-root 'data dir'"
     assert line == expected + " --threads 1"
     assert _anchor("Clustering: pinwheel with a mixture prior") == "clustering-pinwheel-with-a-mixture-prior"
+
+
+def test_a_report_elsewhere_links_its_figures_relative_to_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the runner records figure paths as it was given --out: here relative
+    result = clustering_result([0, 1, 2])
+    figure = tmp_path / "out" / "clustering" / "figures" / "encodings.png"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"png")
+    result["figures"] = [{"path": "out/clustering/figures/encodings.png", "caption": "encodings"}]
+    path = write_report(
+        [result],
+        "out",
+        command=command("all", "cpu", "out", None, None, report="docs/r.md"),
+        report="docs/r.md",
+    )
+    assert path == "docs/r.md" and not (tmp_path / "out" / "report.md").exists()
+    text = (tmp_path / "docs" / "r.md").read_text()
+    assert "![encodings](../out/clustering/figures/encodings.png)" in text
+    assert (tmp_path / "docs" / "../out/clustering/figures/encodings.png").resolve() == figure
+    assert "--report docs/r.md" in text and (tmp_path / "out" / "results.json").exists()
+    for bad in ("docs/r.txt", "out"):  # not a markdown file, or a directory
+        with pytest.raises(ValueError, match="--report .*: expected the path of a markdown file"):
+            write_report([result], "out", report=bad)

@@ -49,6 +49,12 @@ def add_parsers(sub) -> None:
     )
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write the markdown report to FILE instead of OUT/report.md (its figure links are relative to "
+        "FILE)",
+    )
+    r.add_argument(
         "--seeds",
         type=number(int, "seeds", upper=SEED_MAXIMUM),
         nargs="+",
@@ -210,6 +216,7 @@ def _reproduce(args, parser) -> int:
                 threads=args.threads,
                 workers=args.workers,
                 executor=executor,
+                report=args.report,
             )
         print(f"report written to {path}")
         return 0

@@ -192,8 +192,10 @@ def reproduce(
     threads: Optional[int] = None,
     workers: int = WORKERS,
     executor=None,
+    report=None,
 ) -> str:
-    """Run one of the paper's experiments (or ``"all"``) at ``scale`` and write ``out/report.md``.
+    """Run one of the paper's experiments (or ``"all"``) at ``scale`` and write ``out/report.md`` (or
+    ``report``).
 
     :param experiment: one of :data:`EXPERIMENTS` or ``"all"``.
     :param scale: one of :data:`SCALES`.
@@ -210,7 +212,9 @@ def reproduce(
     :param workers: runs trained and measured at a time, each in a process of its own (default 2, one per
         core of a 2-core machine); ``1``: one after the other in this process.
     :param executor: where the runs go instead of local processes (see :func:`run_experiment`).
-    :returns: the path of ``report.md``.
+    :param report: where the markdown report goes instead of ``out/report.md`` (its figure links are
+        relative to it).
+    :returns: the path of the report.
     """
     if threads is not None:
         torch.set_num_threads(_check_count("threads", threads))
@@ -224,4 +228,5 @@ def reproduce(
         result = run_experiment(config, out, progress=progress, log=log, workers=workers, executor=executor)
         result["command"] = command(config.name, scale, out, seeds, data_root, threads)
         results.append(result)
-    return write_report(results, out, command=command(experiment, scale, out, seeds, data_root, threads))
+    everything = command(experiment, scale, out, seeds, data_root, threads, report)
+    return write_report(results, out, command=everything, report=report)
