@@ -3,6 +3,7 @@ table and headline saying so otherwise, tables and commands well formed."""
 
 import dataclasses
 import json
+import pathlib
 import re
 
 import pytest
@@ -108,3 +109,28 @@ def test_a_report_elsewhere_links_its_figures_relative_to_itself(tmp_path, monke
     for bad in ("docs/r.txt", "out"):  # not a markdown file, or a directory
         with pytest.raises(ValueError, match="--report .*: expected the path of a markdown file"):
             write_report([result], "out", report=bad)
+
+
+def test_the_twenty_epoch_reference_quotes_its_stored_measurements():
+    """The report's 20-epoch paragraph is written by hand; its numbers must be those of the runs stored
+    beside the report (recomputed here from the per-run metrics)."""
+    from pyro_decomp.experiments.report import _INDEPENDENCE_TWENTY_EPOCHS as text
+    from pyro_decomp.experiments.verdicts import collapsed_runs, paired_difference, paired_values
+
+    stored = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "independence_20_epochs.json"
+    assert "`independence_20_epochs.json`" in text
+    result = json.loads(stored.read_text())
+    assert result["settings"]["epochs"] == 20 and result["settings"]["seeds"] == [0, 1, 2, 3, 4]
+    for key, name, digits in [
+        ("disentanglement", "Kim & Mnih disentanglement", 3),
+        ("mig", "MIG", 3),
+        ("dci", "DCI", 3),
+        ("sap", "SAP", 3),
+        ("reconstruction_error", "reconstruction error", 1),
+    ]:
+        mean, se, n = paired_difference(*paired_values(result, "pca_beta4", "iso_beta4", key))
+        assert n == 5
+        assert f"{name} {mean:+.{digits}f} ± {se:.{digits}f}" in text, key
+    assert not collapsed_runs(result) and "No run collapsed" in text
+    active = [r["metrics"]["active_dimensions"] for r in result["runs"]]
+    assert f"{min(active):.0f} to {max(active):.0f} active dimensions" in text
