@@ -9,7 +9,7 @@ import re
 import pytest
 
 from pyro_decomp.experiments import experiment_config
-from pyro_decomp.experiments.report import _anchor, _markdown_table, command, write_report
+from pyro_decomp.experiments.report import _anchor, _markdown_table, command, kept_results, write_report
 from pyro_decomp.experiments.verdicts import CLAIMS, VERDICTS
 
 
@@ -134,3 +134,24 @@ def test_the_twenty_epoch_reference_quotes_its_stored_measurements():
     assert not collapsed_runs(result) and "No run collapsed" in text
     active = [r["metrics"]["active_dimensions"] for r in result["runs"]]
     assert f"{min(active):.0f} to {max(active):.0f} active dimensions" in text
+
+
+def test_the_report_keeps_other_experiments_of_the_same_scale_only(tmp_path):
+    stored = [dict(clustering_result([0, 1, 2]), measured="2026-11-30")]
+    stored.append(dict(stored[0], experiment="sparsity", scale="cpu"))  # another scale: not kept
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    fresh = dict(clustering_result([0, 1, 2]), experiment="clustering", measured="2026-12-03")
+    assert kept_results([fresh], tmp_path) == [fresh]  # the same experiment: replaced
+    other = dict(stored[0], experiment="independence", measured="2026-12-03")
+    merged = kept_results([other], tmp_path)
+    assert [(r["experiment"], r["measured"]) for r in merged] == [
+        ("clustering", "2026-11-30"),  # kept, and first: the order of EXPERIMENTS
+        ("independence", "2026-12-03"),
+    ]
+    text = open(write_report([fresh], tmp_path)).read()
+    assert "| held | 18 | 1.0 | 2026-12-03 |" in text  # 3 settings x 2 arms x 3 seeds, measured when
+    assert write_report([fresh], tmp_path, keep=False)  # without keeping, only what was given
+    assert [r["experiment"] for r in json.loads((tmp_path / "results.json").read_text())] == ["clustering"]
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="results.json cannot be read"):
+        assert kept_results([other], tmp_path) == [other]

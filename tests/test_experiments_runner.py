@@ -152,17 +152,23 @@ def test_parallel_and_sequential_measure_the_same(smoke_report, tmp_path):
 
 def test_reproduce_resumes_finished_runs_and_evaluates_the_same(smoke_report):
     _, out = smoke_report
-    before = {(r["arm"], r["seed"]): r for r in json.loads((out / "results.json").read_text())[0]["runs"]}
+    stored = json.loads((out / "results.json").read_text())
+    before = {(r["arm"], r["seed"]): r for r in stored[0]["runs"]}
     report = out / "elsewhere" / "clustering.md"
     args = build_parser().parse_args(
         ["reproduce", "clustering", "--scale", "smoke", "--out", str(out), "--report", str(report)]
     )
     assert args.func(args, args.subparser) == 0  # the calling convention of pyro_decomp.cli.main
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report.read_text())
-    assert links and all(link.startswith("../clustering/figures/") for link in links)
+    assert any(link.startswith("../clustering/figures/") for link in links)
+    assert all(link.startswith("../") for link in links)
     assert all((report.parent / link).is_file() for link in links)  # relative to the report, and there
     after = json.loads((out / "results.json").read_text())
-    assert [r["experiment"] for r in after] == ["clustering"]
+    # the experiment run again replaces its own entry; the others are kept as they were, in their order
+    assert [r["experiment"] for r in after] == ["clustering", "independence", "sparsity"]
+    assert after[1:] == stored[1:] and after[0]["measured"] == stored[0]["measured"][:10]
+    headings = re.findall(r"^## (\w+)", report.read_text(), flags=re.M)
+    assert headings == ["Clustering", "Independence", "Sparsity"]
     for run in after[0]["runs"]:
         old = before[(run["arm"], run["seed"])]
         assert run["metrics"] == old["metrics"]  # same weights (no retraining), same evaluation draws

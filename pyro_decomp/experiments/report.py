@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -13,7 +14,7 @@ import torch
 
 from pyro_decomp import plots
 from pyro_decomp._atomic import atomic_open
-from pyro_decomp.experiments.configs import CLUSTERING_SETTINGS, ExperimentConfig, fmt_number
+from pyro_decomp.experiments.configs import CLUSTERING_SETTINGS, EXPERIMENTS, ExperimentConfig, fmt_number
 from pyro_decomp.experiments.measure import ACTIVE_VARIANCE, MIN_OCCUPANCY
 from pyro_decomp.experiments.verdicts import (
     COLUMNS,
@@ -28,7 +29,7 @@ from pyro_decomp.experiments.verdicts import (
 )
 from pyro_decomp.version import __version__
 
-__all__ = ["summary_figures", "write_report", "command"]
+__all__ = ["summary_figures", "write_report", "kept_results", "command"]
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -507,12 +508,39 @@ def _section(result: Dict[str, Any], base: Path) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: Sequence[Dict[str, Any]], out, command: Optional[str] = None, report=None) -> str:
+def kept_results(results: Sequence[Dict[str, Any]], out) -> List[Dict[str, Any]]:
+    """``results`` together with the experiments of ``out/results.json`` that ``results`` does not hold and
+    that were measured at the same scale, in the order of :data:`EXPERIMENTS`: regenerating one experiment
+    keeps the others in the report. A ``results.json`` that cannot be read keeps nothing, with a warning."""
+    stored: List[Dict[str, Any]] = []
+    path = Path(out) / "results.json"
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, list) or not all(isinstance(r, dict) for r in stored):
+                raise ValueError("expected a list of experiments")
+        except (OSError, ValueError) as e:
+            warnings.warn(
+                f"{path} cannot be read ({e}); the report holds only the experiments just run", stacklevel=2
+            )
+            stored = []
+    fresh = {r["experiment"] for r in results}
+    scales = {r["scale"] for r in results}
+    kept = [r for r in stored if r.get("experiment") not in fresh and r.get("scale") in scales]
+    order = {name: i for i, name in enumerate(EXPERIMENTS)}
+    return sorted([*results, *kept], key=lambda r: order.get(r["experiment"], len(order)))
+
+
+def write_report(
+    results: Sequence[Dict[str, Any]], out, command: Optional[str] = None, report=None, keep: bool = True
+) -> str:
     """Write the markdown report (and ``out/results.json``) from the results of :func:`run_experiment`.
 
     :param command: the command that regenerates the whole report (written at its top).
     :param report: where the report goes (default ``out/report.md``); its links to the figures under
         ``out`` are relative to its own directory.
+    :param keep: keep the other experiments of ``out/results.json`` measured at the same scale
+        (:func:`kept_results`); the table at the top says when each experiment was measured.
     :returns: the path of the report.
     """
     out = Path(out)
@@ -521,6 +549,8 @@ def write_report(results: Sequence[Dict[str, Any]], out, command: Optional[str] 
     if path.suffix.lower() != ".md" or path.is_dir():
         raise ValueError(f"--report {path}: expected the path of a markdown file (ending in .md)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if keep:
+        results = kept_results(results, out)
 
     scales = sorted({r["scale"] for r in results})
     workers = max((int(r.get("workers", 1)) for r in results), default=1)
@@ -547,13 +577,14 @@ def write_report(results: Sequence[Dict[str, Any]], out, command: Optional[str] 
         lines += ["Regenerate this report with:", "", "```bash", command, "```", ""]
     lines += [
         _markdown_table(
-            ["experiment", "claim at this scale", "runs", "minutes"],
+            ["experiment", "claim at this scale", "runs", "minutes", "measured"],
             [
                 [
                     f"[{r['experiment']}](#{_anchor(_TITLES[r['experiment']])})",
                     r["verdict"]["status"],
                     len(r["runs"]),
                     f"{r['seconds'] / 60:.1f}",
+                    r.get("measured", "–"),
                 ]
                 for r in results
             ],

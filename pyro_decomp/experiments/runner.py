@@ -195,7 +195,9 @@ def reproduce(
     report=None,
 ) -> str:
     """Run one of the paper's experiments (or ``"all"``) at ``scale`` and write ``out/report.md`` (or
-    ``report``).
+    ``report``), after each experiment: an experiment finished before a kill stays in the report. The other
+    experiments already in ``out/results.json`` at the same scale stay in it too (each row of the report's
+    first table says when its experiment was measured), so one experiment can be run again on its own.
 
     :param experiment: one of :data:`EXPERIMENTS` or ``"all"``.
     :param scale: one of :data:`SCALES`.
@@ -223,10 +225,13 @@ def reproduce(
     if experiment != "all" and experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS + ('all',)}")
     configs = [experiment_config(name, scale, seeds=seeds, data_root=data_root) for name in names]
-    results = []
+    everything = command("all", scale, out, seeds, data_root, threads, report)
+    results: List[Dict[str, Any]] = []
+    path = ""
     for config in configs:
         result = run_experiment(config, out, progress=progress, log=log, workers=workers, executor=executor)
-        result["command"] = command(config.name, scale, out, seeds, data_root, threads)
+        result["command"] = command(config.name, scale, out, seeds, data_root, threads, report)
+        result["measured"] = time.strftime("%Y-%m-%d")
         results.append(result)
-    everything = command(experiment, scale, out, seeds, data_root, threads, report)
-    return write_report(results, out, command=everything, report=report)
+        path = write_report(results, out, command=everything, report=report)  # after each: nothing lost
+    return path
