@@ -484,12 +484,15 @@ class DecompositionELBO(Trace_ELBO):
         that the training run is the same with or without the record."""
         with torch.no_grad():
             terms = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}
-            if self.alpha == 0.0:  # the divergence's draws: what loss_components would draw next
+            if self.alpha == 0.0 or self.beta == 0.0:
+                # the divergence draws from the prior, and a KL registered for the pair (q, p) may draw
+                # too (a Monte Carlo one): what loss_components would draw next, on a forked generator
                 with torch.random.fork_rng(devices=_cuda_devices(guide_trace)):
-                    terms = self._terms(model_trace, guide_trace, with_divergence=True)
-            elif self.beta == 0.0:  # the KL draws nothing: analytic, or on the guide's sample
-                with_kl = self._terms(model_trace, guide_trace, with_divergence=False)
-                terms.update(kl=with_kl["kl"])
+                    full = self._terms(model_trace, guide_trace, with_divergence=self.alpha == 0.0)
+                if self.alpha == 0.0:
+                    terms = full
+                else:
+                    terms.update(kl=full["kl"])
             for key, value in self._components_of(terms).items():
                 self._step_components[key] = self._step_components.get(key, 0.0) + value / self.num_particles
 

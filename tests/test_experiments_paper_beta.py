@@ -190,3 +190,21 @@ def test_collapsed_runs_are_counted_and_left_out_of_the_paired_differences():
     for r in runs:
         del r["metrics"]["max_code_variance"]
     assert uncollapsed_differences(result) == []
+
+
+def test_at_beta_zero_the_papers_beta_term_trains_bitwise_as_the_plain_prior(tmp_path):
+    """The (β=0, α=1) arm of the paper's-β-term setting has no β term, so it must train exactly as table 1's
+    arm: the Monte Carlo KL that the wrapper registers draws z̃ ~ q(z|x), and the step's record of the
+    omitted KL must not take those draws from the training's random stream."""
+    from pyro_decomp.experiments.measure import train_run
+
+    config = experiment_config("clustering", "smoke")
+    arms = {a.name: a for a in config.arms}
+    states = []
+    for name in ("decoder_beta0_alpha1", "paper_beta0_alpha1"):
+        pyro.clear_param_store()
+        vae, *_ = train_run(config, arms[name], 0, tmp_path / name, None, progress=False)
+        states.append({k: v.clone() for k, v in vae.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
