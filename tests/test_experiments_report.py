@@ -149,7 +149,8 @@ def test_the_report_keeps_other_experiments_of_the_same_scale_only(tmp_path):
         ("independence", "2026-12-03"),
     ]
     text = open(write_report([fresh], tmp_path)).read()
-    assert "| held | 18 | 1.0 | 2026-12-03 |" in text  # 3 settings x 2 arms x 3 seeds, measured when
+    # 3 settings x 2 arms x 3 seeds of 1 s each, and when they were measured
+    assert "| held | 18 | 0.3 | 2026-12-03 |" in text
     assert write_report([fresh], tmp_path, keep=False)  # without keeping, only what was given
     assert [r["experiment"] for r in json.loads((tmp_path / "results.json").read_text())] == ["clustering"]
     (tmp_path / "results.json").write_text("{not json")

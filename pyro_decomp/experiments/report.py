@@ -379,6 +379,12 @@ def _not_judged_line(result: Dict[str, Any]) -> List[str]:
     return [f"*{note[0].upper()}{note[1:]}: no spread over seeds, so no difference below is evidence.*", ""]
 
 
+def _run_minutes(result: Dict[str, Any]) -> float:
+    """Minutes of training and evaluation summed over the runs of ``result`` (a run's training time is its
+    epochs' own, also when the run was resumed or found finished)."""
+    return sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in result["runs"]) / 60
+
+
 def _section(result: Dict[str, Any], base: Path) -> str:
     """The report's section of one experiment; its links are relative to the directory ``base``."""
     name = result["experiment"]
@@ -494,9 +500,10 @@ def _section(result: Dict[str, Any], base: Path) -> str:
             + ".",
             "",
         ]
-    minutes = result["seconds"] / 60
     lines += [
-        f"Wall time: {minutes:.1f} minutes for {len(result['runs'])} runs (training and evaluation).",
+        f"Training and evaluating the {len(result['runs'])} runs took {_run_minutes(result):.1f} minutes in "
+        f"all; the command that measured them ran {result['seconds'] / 60:.1f} minutes (runs it found "
+        "finished are evaluated, not trained again).",
         "",
         "Regenerate with:",
         "",
@@ -577,18 +584,21 @@ def write_report(
         lines += ["Regenerate this report with:", "", "```bash", command, "```", ""]
     lines += [
         _markdown_table(
-            ["experiment", "claim at this scale", "runs", "minutes", "measured"],
+            ["experiment", "claim at this scale", "runs", "run minutes", "measured"],
             [
                 [
                     f"[{r['experiment']}](#{_anchor(_TITLES[r['experiment']])})",
                     r["verdict"]["status"],
                     len(r["runs"]),
-                    f"{r['seconds'] / 60:.1f}",
+                    f"{_run_minutes(r):.1f}",
                     r.get("measured", "–"),
                 ]
                 for r in results
             ],
         ),
+        "",
+        "Run minutes: the time of training and evaluating every run, summed over the runs (each on one CPU "
+        "thread); with two workers the wall time is about half.",
         "",
     ]
     for result in results:
