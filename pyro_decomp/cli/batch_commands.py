@@ -44,7 +44,7 @@ def add_parsers(sub) -> None:
         "--scale",
         choices=SCALES,
         required=True,
-        help="smoke: seconds (a plumbing check); cpu: about 75 minutes in all on a 2-core CPU; paper: the "
+        help="smoke: seconds (a plumbing check); cpu: about 2 h 15 min in all on a 2-core CPU; paper: the "
         "paper's settings (for a GPU)",
     )
     r.add_argument("--out", required=True, help="output directory")
