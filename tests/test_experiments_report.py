@@ -114,7 +114,7 @@ def test_a_report_elsewhere_links_its_figures_relative_to_itself(tmp_path, monke
 def test_the_twenty_epoch_reference_quotes_its_stored_measurements():
     """The report's 20-epoch paragraph is written by hand; its numbers must be those of the runs stored
     beside the report (recomputed here from the per-run metrics)."""
-    from pyro_decomp.experiments.report import _INDEPENDENCE_TWENTY_EPOCHS as text
+    from pyro_decomp.experiments.references import TWENTY_EPOCHS_REFERENCE as text
     from pyro_decomp.experiments.verdicts import collapsed_runs, paired_difference, paired_values
 
     stored = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results" / "independence_20_epochs.json"
